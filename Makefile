@@ -1,0 +1,30 @@
+# leancnn: `make demo` and `make test` each work from a fresh clone (they create .venv when missing).
+# torch is installed first and pinned: the CPU wheel on this machine. Never let pip resolve an open torch
+# range on its own (it would download the newest CUDA build, several GB).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.leancnn-installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/leancnn demo
+
+# pytest exits 5 when it collected no test: that is not a failure of the build.
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,71 @@
+"""The one place that formats result tables and draws figures (Agg backend: no screen needed)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from .io import atomic_path, atomic_write_text
+
+
+def format_table(rows: Sequence[Sequence], headers: Sequence[str], markdown: bool = False) -> str:
+    """A plain-text (or Markdown) table with columns padded to their widest cell."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    def line(r):
+        body = " | ".join(c.ljust(w) for c, w in zip(r, widths))
+        return f"| {body} |" if markdown else body
+    sep = ("|-" + "-|-".join("-" * w for w in widths) + "-|") if markdown else "-+-".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    m, s = mean_std([v * scale for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch (train and, when present, validation) side by side."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
+    if history and "val_loss" in history[0]:
+        ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="val")
+        ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], "s-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """A Markdown report: a title and (heading, body) sections."""
+    text = f"# {title}\n\n" + "\n".join(f"## {h}\n\n{b.rstrip()}\n" for h, b in sections)
+    return atomic_write_text(path, text)

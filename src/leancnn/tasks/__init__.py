@@ -1,0 +1,1 @@
+"""What the command line runs: thin compositions of data, models, losses and the training engine."""

@@ -1,0 +1,57 @@
+"""Tables for ``leancnn models`` and ``leancnn data``."""
+
+from __future__ import annotations
+
+from ..data import DOMAINS, describe
+from ..errors import LeancnnError
+from ..report import format_table
+from ..models import create_model, get_model_entry, list_models
+from ..nn import count_macs, count_params
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """``"3x224x224"`` -> (3, 224, 224)."""
+    try:
+        size = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) < 2 or any(v <= 0 for v in size):
+        raise LeancnnError(f"input size '{text}' is not of the form CxHxW (e.g. 3x32x32)")
+    return size
+
+
+def model_rows(pattern: str | None = None, input_size: tuple[int, ...] | None = None) -> list[list]:
+    """name, parameters, MACs (at the model's default input or ``input_size``), input, description."""
+    rows = []
+    for name in list_models(pattern):
+        entry = get_model_entry(name)
+        model = create_model(name)
+        size = input_size or entry.input_size
+        rows.append([name, f"{count_params(model):,}", f"{count_macs(model, size) / 1e6:,.2f}M",
+                     "x".join(map(str, size)), entry.description])
+    return rows
+
+
+def dataset_rows(names: list[str] | None = None) -> list[list]:
+    """Build (or read from the cache) each domain and describe it."""
+    rows = []
+    for name in names or DOMAINS:
+        d = describe(name)
+        rows.append([d["name"], d["num_images"], d["num_classes"], "x".join(map(str, d["image_shape"])),
+                     min(d["class_counts"]), max(d["class_counts"]), d["source"]])
+    return rows
+
+
+def inspect_text(name: str, seed: int = 0) -> str:
+    """One domain: size, source, per-class counts and the sizes of its splits for ``seed``."""
+    from ..data import load_domain, split_indices
+
+    d = describe(name)
+    _, labels = load_domain(name)
+    splits = split_indices(labels, seed)
+    counts = [[c, n] for c, n in enumerate(d["class_counts"])]
+    lines = [f"{name}: {d['num_images']} images of shape {'x'.join(map(str, d['image_shape']))}, "
+             f"{d['num_classes']} classes", f"source: {d['source']}",
+             "splits (seed %d): " % seed + ", ".join(f"{k} {len(v)}" for k, v in splits.items()), "",
+             format_table(counts, ["class", "images"])]
+    return "\n".join(lines)

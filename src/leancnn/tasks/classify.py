@@ -1,0 +1,191 @@
+"""Image classification: train and evaluate a registered model on the digit domains from a typed config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .. import report
+from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
+from ..data import DOMAINS, DigitsDataset
+from ..errors import LeancnnError
+from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from ..losses import build_loss
+from ..models import create_model
+from ..train import (DistContext, Trainer, build_optimizer, build_scheduler, cleanup_distributed, evaluate,
+                     init_distributed, load_checkpoint, load_model_state, seed_everything)
+from ..train.distributed import all_gather_objects
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LeancnnError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def configure_torch(cfg: ExperimentConfig, device: torch.device) -> None:
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = cfg.train.deterministic
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def _check_domains(names: list[str], key: str) -> None:
+    if not names and key == "data.domains":
+        raise LeancnnError("config key 'data.domains' must name at least one domain")
+    for n in names:
+        if n not in DOMAINS:
+            raise LeancnnError(f"unknown dataset '{n}' in config key '{key}'; available: {', '.join(DOMAINS)}")
+
+
+def _limit(ds: Dataset, n: int, seed: int) -> Dataset:
+    """A fixed random subset of ``n`` samples (all of them when ``n`` is 0 or too large)."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    return Subset(ds, torch.randperm(len(ds), generator=g)[:n].sort().values.tolist())
+
+
+def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, dict[str, Dataset]]:
+    """Train and val sets of ``cfg.domains``; test sets per domain (held-out ``test_domains`` whole)."""
+    _check_domains(cfg.domains, "data.domains")
+    _check_domains(cfg.test_domains, "data.test_domains")
+    seed = cfg.split_seed
+    train = _limit(DigitsDataset(cfg.domains, "train", seed=seed, augment=cfg.augment), cfg.limit_train, seed)
+    val = _limit(DigitsDataset(cfg.domains, "val", seed=seed), cfg.limit_eval, seed + 1)
+    if cfg.test_domains:
+        tests = {d: DigitsDataset([d], "all", seed=seed) for d in cfg.test_domains}
+    else:
+        tests = {d: DigitsDataset([d], "test", seed=seed) for d in cfg.domains}
+    tests = {d: _limit(ds, cfg.limit_eval, seed + 2) for d, ds in tests.items()}
+    return train, val, tests
+
+
+def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_workers: int = 0) -> DataLoader:
+    """Shuffled by a generator seeded with (seed, epoch) and sharded over DDP ranks; ``batch_size`` is global."""
+    if batch_size % ctx.world_size:
+        raise LeancnnError(f"data.batch_size={batch_size} is not divisible by the {ctx.world_size} processes")
+    local = batch_size // ctx.world_size
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    drop_last = len(sampler) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
+    return DataLoader(ds, batch_size=local, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+def make_run_dir(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext) -> Path:
+    """``out`` or ``<output_dir>/<name>-<time>``; rank 0 decides, every rank gets the same path."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    path = Path(all_gather_objects(str(out), ctx)[0])
+    if ctx.is_main:
+        ensure_writable_dir(path)
+    return path
+
+
+def build_model(cfg: ExperimentConfig):
+    return create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+
+
+def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: torch.device) -> dict[str, dict]:
+    results = {d: evaluate(model, eval_loader(ds, cfg.data.eval_batch_size), device, f"test {d}")
+               for d, ds in tests.items()}
+    if len(results) > 1:
+        n = sum(r["n"] for r in results.values())
+        results["mean"] = {"acc": sum(r["acc"] for r in results.values()) / len(results),
+                           "loss": sum(r["loss"] * r["n"] for r in results.values()) / n, "n": n}
+    return results
+
+
+def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
+          callbacks=(), quiet: bool = False) -> dict:
+    """Train ``cfg``; write config.yaml, metrics.jsonl, last.pt/best.pt, summary.json and curves.png."""
+    device = resolve_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        configure_torch(cfg, device)
+        run_dir = make_run_dir(cfg, out, ctx)
+        if ctx.is_main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg)
+        seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
+        train_ds, val_ds, tests = build_datasets(cfg.data)
+        loader = train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx, cfg.data.num_workers)
+        if len(loader) == 0:
+            raise LeancnnError("the training set gives no batch; lower data.batch_size")
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
+        trainer = Trainer(model, build_loss(cfg.loss), optimizer, scheduler, loader,
+                          eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
+                          cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
+                          ctx, list(callbacks))
+        history = trainer.fit(resume=resume)
+        summary = {}
+        if ctx.is_main:
+            best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")
+            load_model_state(model, load_checkpoint(best, device), str(best))
+            summary = {"run_dir": str(run_dir), "model": cfg.model.name, "epochs": cfg.train.epochs,
+                       "best_val_acc": trainer.best_acc, "checkpoint": str(best),
+                       "test": test_model(model, tests, cfg, device), "history": history}
+            atomic_write_json(run_dir / "summary.json", summary)
+            report.plot_curves(history, run_dir / "curves.png", title=f"{cfg.name}: {cfg.model.name}")
+            if not quiet:
+                print(report.format_table(test_rows(summary["test"]), ["test set", "images", "accuracy", "loss"]))
+                print(f"run written to {run_dir}")
+        return summary
+    finally:
+        cleanup_distributed()
+
+
+def test_rows(results: dict[str, dict]) -> list[list]:
+    return [[d, r["n"], f"{100 * r['acc']:.2f}%", f"{r['loss']:.4f}"] for d, r in results.items()]
+
+
+def config_from_checkpoint(state: dict) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, state.get("config") or {})
+
+
+def resolve_train_config(config: str | None, overrides: list[str], resume: str | None,
+                         out: str | None) -> tuple[ExperimentConfig, str | Path | None]:
+    """The config and run directory of ``leancnn train``: resuming without ``-c`` continues the checkpoint's
+    own config (overrides still apply, e.g. ``train.epochs=20`` to extend) in the checkpoint's directory."""
+    if resume and not config:
+        state = load_checkpoint(resume)
+        raw = apply_overrides(to_dict(config_from_checkpoint(state)), overrides)
+        return from_dict(ExperimentConfig, raw), out or Path(state["path"]).parent
+    return load_config(config, overrides), out
+
+
+def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, split: str = "test",
+                        device: str = "auto", overrides_cfg: ExperimentConfig | None = None) -> dict[str, dict]:
+    """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on)."""
+    dev = resolve_device(device)
+    state = load_checkpoint(path, dev)
+    cfg = overrides_cfg or config_from_checkpoint(state)
+    model = build_model(cfg)
+    load_model_state(model, state, f"checkpoint '{state['path']}'")
+    model.to(dev)
+    domains = domains or (cfg.data.test_domains or cfg.data.domains)
+    _check_domains(domains, "--domains")
+    tests = {d: DigitsDataset([d], split, seed=cfg.data.split_seed) for d in domains}
+    return test_model(model, tests, cfg, dev)
+

@@ -1,0 +1,232 @@
+"""The one training engine: a loop short enough to read in one sitting.
+
+``Trainer`` knows no model or dataset by name. It takes a model, a loss (any callable
+``loss(logits, targets)``; if it accepts a ``features`` keyword it also receives the model's last feature map
+from ``forward_features``), an optimiser, a per-step scheduler and data loaders. Per epoch it trains,
+evaluates, appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt`` on a new best
+validation accuracy) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off.
+Under ``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..errors import LeancnnError
+from ..io import append_jsonl, atomic_write_text
+from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from .distributed import DistContext, all_gather_objects, barrier, reduce_sum
+from .seed import get_rng_state, set_rng_state
+
+
+def accepts_features(loss_fn: Callable) -> bool:
+    """True when the loss takes a ``features`` keyword (e.g. Bias Loss)."""
+    fn = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "features" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class WithFeatures(nn.Module):
+    """``forward(x) -> (logits, features)`` for models with ``forward_features``/``forward_head``.
+
+    Wrapping (instead of calling the two methods) keeps DDP's gradient synchronisation intact."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Datasets yield ``(x, y)`` or ``(x, y, domain, ...)``."""
+    return batch[0], batch[1]
+
+
+def progress_enabled(ctx: DistContext) -> bool:
+    return ctx.is_main and sys.stdout.isatty()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, desc: str = "eval",
+             show_progress: bool = False, amp: bool = False) -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 accuracy and sample count of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
+        x, y = split_batch(batch)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        raise LeancnnError(f"{desc}: the evaluation set is empty")
+    return {"loss": loss_sum / count, "acc": correct / count, "n": count}
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    epochs: int
+    out_dir: Path
+    device: torch.device
+    config: dict = field(default_factory=dict)  # saved in every checkpoint
+    grad_clip: float = 0.0
+    amp: bool = False
+    dist: DistContext = field(default_factory=DistContext)
+    callbacks: list[Callable[["Trainer", dict], None]] = field(default_factory=list)  # after each epoch
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        if self.amp and self.device.type != "cuda":
+            warnings.warn("train.amp needs CUDA; training in float32 on the CPU")
+            self.amp = False
+        self.model.to(self.device)
+        self.use_features = accepts_features(self.loss_fn)
+        if self.use_features and not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
+            raise LeancnnError(f"the loss needs features but {type(self.model).__name__} has no forward_features/forward_head")
+        net = WithFeatures(self.model) if self.use_features else self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DDP(net, device_ids=ids)
+        self.net = net
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch = 0  # completed epochs
+        self.best_acc = -math.inf
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        rng = all_gather_objects(get_rng_state(), self.dist)
+        return {
+            "model": self.model.state_dict(),
+            "model_name": getattr(self.model, "model_name", None),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_acc": self.best_acc,
+            "history": self.history,
+            "rng": rng,  # one entry per rank
+            "world_size": self.dist.world_size,
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_model_state(self.model, state, f"checkpoint '{state.get('path', '?')}'")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
+        rng = state["rng"]
+        if len(rng) != self.dist.world_size:
+            warnings.warn(f"checkpoint was written by {len(rng)} process(es), resuming with "
+                          f"{self.dist.world_size}: random streams restart from rank-0's state")
+        set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+
+    # ------------------------------------------------------------------------------------- loop
+
+    def train_one_epoch(self) -> dict[str, float]:
+        self.net.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
+                   disable=not progress_enabled(self.dist))
+        for batch in bar:
+            x, y = split_batch(batch)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                if self.use_features:
+                    logits, features = self.net(x)
+                    loss = self.loss_fn(logits, y, features=features)
+                else:
+                    logits = self.net(x)
+                    loss = self.loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise LeancnnError(f"loss became {loss.item()} in epoch {self.epoch + 1}; "
+                                   "lower optim.lr or set train.grad_clip")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            n = y.numel()
+            loss_sum += loss.item() * n
+            correct += (logits.detach().argmax(1) == y).sum().item()
+            count += n
+            bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}")
+        seconds = time.perf_counter() - start
+        loss_sum, correct, count = reduce_sum([loss_sum, correct, count], self.dist, self.device)
+        return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+                "train_images_per_s": count / seconds, "train_seconds": seconds}
+
+    def fit(self, resume: str | Path | None = None) -> list[dict]:
+        """Train until ``epochs`` epochs are complete; returns the per-epoch history."""
+        metrics_path = self.out_dir / "metrics.jsonl"
+        if resume is not None:
+            self.load_state_dict(load_checkpoint(resume, map_location=self.device))
+            if self.dist.is_main:  # the history in the checkpoint is the truth; drop lines of a lost epoch
+                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        elif self.dist.is_main and metrics_path.exists():
+            metrics_path.unlink()
+        while self.epoch < self.epochs:
+            lr = self.optimizer.param_groups[0]["lr"]
+            record = {"epoch": self.epoch + 1, "lr": lr, **self.train_one_epoch()}
+            self.epoch += 1
+            if self.dist.is_main and self.val_loader is not None:
+                val = evaluate(self.model, self.val_loader, self.device, "val", progress_enabled(self.dist), self.amp)
+                record.update(val_loss=val["loss"], val_acc=val["acc"])
+            is_best = record.get("val_acc", -math.inf) > self.best_acc
+            if is_best:
+                self.best_acc = record["val_acc"]
+            self.history.append(record)
+            state = self.state_dict()  # collective (gathers RNG states): every rank calls it
+            if self.dist.is_main:
+                save_checkpoint(self.out_dir / "last.pt", state)
+                if is_best:
+                    save_checkpoint(self.out_dir / "best.pt", state)
+                append_jsonl(metrics_path, record)
+                self._print_epoch(record)
+            barrier(self.dist)
+            for cb in self.callbacks:
+                cb(self, record)
+        return self.history
+
+    def _print_epoch(self, r: dict) -> None:
+        val = f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if "val_acc" in r else ""
+        print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
+              f"acc {r['train_acc']:.4f}{val}  {r['train_images_per_s']:.0f} img/s", flush=True)
