@@ -69,3 +69,18 @@ def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, s
     """A Markdown report: a title and (heading, body) sections."""
     text = f"# {title}\n\n" + "\n".join(f"## {h}\n\n{b.rstrip()}\n" for h, b in sections)
     return atomic_write_text(path, text)
+
+
+def update_doc_section(path: str | Path, key: str, body: str, heading: str | None = None) -> Path:
+    """Replace the text between ``<!-- BEGIN key -->`` and ``<!-- END key -->`` in a Markdown file (appending
+    the block, under ``heading``, when it is not there yet), so benchmarks can rewrite their own section."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + (f"## {heading}\n\n" if heading else "") + block + "\n"
+    return atomic_write_text(path, text)

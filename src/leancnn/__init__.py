@@ -1,0 +1,11 @@
+"""leancnn: compact convolutional networks from training to deployment."""
+
+from .config import ExperimentConfig, load_config
+from .errors import ConfigError, LeancnnError
+from .models import create_model, list_models, register_model
+from .nn import count_macs, count_params
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "ExperimentConfig", "LeancnnError", "count_macs", "count_params", "create_model",
+           "list_models", "load_config", "register_model", "__version__"]
