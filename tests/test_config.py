@@ -125,8 +125,6 @@ def test_apply_overrides_makes_sections():
     assert apply_overrides({}, ["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PyYAML (YAML 1.1) reads '1e-3' as the string '1e-3', so the "
-                                         "common spelling optim.lr=1e-3 is rejected as 'expected a number'")
 def test_exponent_float_without_dot_is_a_number(tmp_path):
     assert load_config(overrides=["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)
     assert load_config(write(tmp_path, "optim:\n  weight_decay: 5e-4\n")).optim.weight_decay == pytest.approx(5e-4)

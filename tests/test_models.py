@@ -279,9 +279,6 @@ def test_count_macs_keeps_training_mode():
     assert not model.training and not any(m.training for m in model.modules())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: count_macs restores only the top-level mode with "
-                                         "model.train(was_training), so a submodule frozen in eval mode "
-                                         "(e.g. a frozen BatchNorm) comes back in train mode")
 def test_count_macs_keeps_mixed_training_modes():
     model = create_model("resnet20").train()
     model.stem[1].eval()

@@ -199,3 +199,28 @@ def test_ddp_two_processes_equals_averaged_update(tmp_path):
     # and not what rank 0 alone would have computed: the gradients really were exchanged
     rank0_only = _replay(world=2, ranks=[0])
     assert max((got["model"][k] - rank0_only[k]).abs().max().item() for k in expected) > 1e-4
+
+
+def test_loss_that_takes_features_receives_the_last_feature_map(tmp_path):
+    from leancnn.train import Trainer, accepts_features, build_scheduler
+    from leancnn.config import OptimConfig
+    from leancnn.tasks.classify import eval_loader, train_loader
+    from leancnn.train import DistContext, build_optimizer
+
+    seen = []
+
+    def feature_loss(logits, targets, features):
+        seen.append(tuple(features.shape))
+        return F.cross_entropy(logits, targets) + 0.0 * features.float().var()
+
+    assert accepts_features(feature_loss) and not accepts_features(torch.nn.CrossEntropyLoss())
+    cfg = load_config(None, ["data.limit_train=64", "data.limit_eval=32"])
+    train_ds, val_ds, _ = build_datasets(cfg.data)
+    model = create_model("resnet20")
+    loader = train_loader(train_ds, 32, 0, DistContext())
+    opt = build_optimizer(model, OptimConfig())
+    trainer = Trainer(model, feature_loss, opt, build_scheduler(opt, ScheduleConfig(), 1, len(loader)), loader,
+                      eval_loader(val_ds, 64), 1, tmp_path, torch.device("cpu"))
+    trainer.fit()
+    assert seen == [(32, 64, 8, 8)] * 2  # ResNet-20's last stage, before pooling
+    assert (tmp_path / "best.pt").exists()

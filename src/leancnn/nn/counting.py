@@ -53,7 +53,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int], per_layer: bool = Fa
             def hook(mod, args, out, name=name):
                 counts[name] = counts.get(name, 0) + _layer_macs(mod, args[0], out)
             handles.append(module.register_forward_hook(hook))
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
@@ -61,6 +61,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int], per_layer: bool = Fa
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     total = sum(counts.values())
     return (total, counts) if per_layer else total

@@ -15,20 +15,29 @@ def parse_input_size(text: str) -> tuple[int, ...]:
         size = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
         size = ()
-    if len(size) < 2 or any(v <= 0 for v in size):
+    if len(size) != 3 or any(v <= 0 for v in size):
         raise LeancnnError(f"input size '{text}' is not of the form CxHxW (e.g. 3x32x32)")
     return size
 
 
 def model_rows(pattern: str | None = None, input_size: tuple[int, ...] | None = None) -> list[list]:
-    """name, parameters, MACs (at the model's default input or ``input_size``), input, description."""
+    """name, parameters, MACs (at the model's default input or ``input_size``), input, description.
+
+    With ``input_size``, a model is built for its channel count; a model that cannot take that input shows
+    "n/a" and the reason instead of failing the whole table."""
     rows = []
     for name in list_models(pattern):
         entry = get_model_entry(name)
-        model = create_model(name)
         size = input_size or entry.input_size
-        rows.append([name, f"{count_params(model):,}", f"{count_macs(model, size) / 1e6:,.2f}M",
-                     "x".join(map(str, size)), entry.description])
+        kwargs = {"in_chans": size[0]} if size[0] != entry.input_size[0] else {}
+        try:
+            model = create_model(name, **kwargs)
+            params, macs = f"{count_params(model):,}", f"{count_macs(model, size) / 1e6:,.2f}M"
+            description = entry.description
+        except (LeancnnError, ValueError, RuntimeError) as e:
+            params = macs = "n/a"
+            description = f"cannot take {'x'.join(map(str, size))}: {str(e).splitlines()[0]}"
+        rows.append([name, params, macs, "x".join(map(str, size)), description])
     return rows
 
 

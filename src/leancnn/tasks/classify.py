@@ -122,9 +122,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         device = torch.device("cuda", ctx.local_rank)
     try:
         configure_torch(cfg, device)
-        run_dir = make_run_dir(cfg, out, ctx)
-        if ctx.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        # Everything that can fail on bad input is checked before the run directory is touched.
         seed_everything(cfg.train.seed)
         model = build_model(cfg)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
@@ -134,11 +132,19 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
-        trainer = Trainer(model, build_loss(cfg.loss), optimizer, scheduler, loader,
+        loss = build_loss(cfg.loss)
+        state = None
+        if resume is not None:
+            state = load_checkpoint(resume, device)
+            load_model_state(model, state, f"checkpoint '{state['path']}'")  # the architecture must fit
+        run_dir = make_run_dir(cfg, out, ctx)
+        if ctx.is_main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        trainer = Trainer(model, loss, optimizer, scheduler, loader,
                           eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                           cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
                           ctx, list(callbacks))
-        history = trainer.fit(resume=resume)
+        history = trainer.fit(resume=state)
         summary = {}
         if ctx.is_main:
             best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")

@@ -194,11 +194,14 @@ class Trainer:
         return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
                 "train_images_per_s": count / seconds, "train_seconds": seconds}
 
-    def fit(self, resume: str | Path | None = None) -> list[dict]:
-        """Train until ``epochs`` epochs are complete; returns the per-epoch history."""
+    def fit(self, resume: str | Path | dict | None = None) -> list[dict]:
+        """Train until ``epochs`` epochs are complete; returns the per-epoch history.
+
+        ``resume``: a checkpoint path, or a checkpoint already read with :func:`load_checkpoint`."""
         metrics_path = self.out_dir / "metrics.jsonl"
         if resume is not None:
-            self.load_state_dict(load_checkpoint(resume, map_location=self.device))
+            state = resume if isinstance(resume, dict) else load_checkpoint(resume, map_location=self.device)
+            self.load_state_dict(state)
             if self.dist.is_main:  # the history in the checkpoint is the truth; drop lines of a lost epoch
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         elif self.dist.is_main and metrics_path.exists():
