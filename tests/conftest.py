@@ -1,6 +1,17 @@
 """Shared test helpers. The digit data cache stays at its default location (building it takes ~8 s once)."""
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on the 2-core test machine, shared with other processes, torch's spinning worker
+    threads make small forward passes up to 10x slower than a single thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

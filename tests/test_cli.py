@@ -24,16 +24,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "curves.png"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the 2-core test machine, shared with other processes, torch's spinning worker
-    threads make these small forward passes up to 10x slower than a single thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cli(capsys, *argv) -> SimpleNamespace:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()

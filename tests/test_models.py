@@ -12,16 +12,6 @@ from leancnn.train.checkpoint import load_checkpoint, load_model_state, save_che
 MODELS = ["digits_cnn", "resnet18", "resnet20", "resnet56"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the 2-core test machine, shared with other processes, torch's spinning worker
-    threads make these small forward passes up to 10x slower than a single thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models():
     """One instance of each model (seeded), shared by the read-only tests."""

@@ -31,6 +31,24 @@ def fmt_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2)
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def machine_description() -> str:
+    """CPU model, core count, OS, torch and Python versions: the line every benchmark quotes."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.machine()}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
 def _pyplot():
     import matplotlib
 
@@ -43,16 +61,19 @@ def _pyplot():
 def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch (train and, when present, validation) side by side."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train (training loss)")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train (running, in epoch)")
     if history and "val_loss" in history[0]:
-        ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="val")
+        ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="val (cross-entropy)")
         ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], "s-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -7,7 +7,6 @@ Later stages (Bias Loss, MixStyle, pruning, latency, ...) append their sections 
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from pathlib import Path
 
@@ -36,11 +35,6 @@ def default_demo_config(overrides=()) -> ExperimentConfig:
     return from_dict(ExperimentConfig, apply_overrides(copy.deepcopy(DEMO_CONFIG), list(overrides)))
 
 
-def machine_line() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
-
-
 def run_demo(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     """Run every stage and write ``<run>/report.md``; returns its path."""
     start = time.perf_counter()
@@ -56,7 +50,7 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
         ("Setup", f"- model: `{cfg.model.name}`, {count_params(model):,} parameters, "
                   f"{count_macs(model, size) / 1e6:.2f}M MACs at {'x'.join(map(str, size))}\n"
                   f"- data: digit domains {', '.join(cfg.data.domains)} (train/val/test split seed "
-                  f"{cfg.data.split_seed})\n- machine: {machine_line()}\n"
+                  f"{cfg.data.split_seed})\n- machine: {report.machine_description()}, {torch.get_num_threads()} torch threads\n"
                   f"- run directory: `{summary['run_dir']}` (config.yaml, metrics.jsonl, best.pt, last.pt)"),
         ("Classification: test accuracy per domain", table + "\n\nBest validation accuracy "
          f"{100 * summary['best_val_acc']:.2f}%; last epoch trained at {last['train_images_per_s']:.0f} images/s."),
