@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--steps 30] [--repeats 5] [--batch 128]
 
 Two measurements per thread count, interleaved over repeats (the machine is shared, so each is the median):
-* step: forward + backward + SGD step on a fixed batch of real MNIST images (the model alone);
+* step: forward + backward + SGD step on a fixed batch of real digit images (the model alone);
 * engine: one epoch of leancnn's Trainer on the same number of images, data loading and bookkeeping included.
 The engine/step ratio is the overhead of the training engine, measured in the same run.
 """
@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 
 from leancnn import create_model, report
 from leancnn.config import OptimConfig, ScheduleConfig
-from leancnn.data import DigitsDataset
+from leancnn.data import DOMAINS, DigitsDataset
 from leancnn.tasks.classify import train_loader
 from leancnn.train import DistContext, Trainer, build_optimizer, build_scheduler
 
@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
-    ds = DigitsDataset(["mnist"], "train", seed=0)
+    ds = DigitsDataset(list(DOMAINS), "train", seed=0)  # 11,758 images
+    if args.batch * (args.steps + 1) > len(ds):
+        ap.error(f"--batch x (--steps + 1) must be at most {len(ds)}")
     x = torch.stack([ds[i][0] for i in range(args.batch)])
     y = torch.tensor([ds[i][1] for i in range(args.batch)])
     threads = [1, 2]
@@ -82,7 +84,7 @@ def main() -> None:
     if args.no_docs:
         return
     body = (f"ResNet-20 (40.55M MACs per image), 32×32 inputs, batch {args.batch}, SGD with momentum, float32 on the CPU. "
-            f"*step*: forward + backward + optimiser step on one fixed batch of real MNIST images, {args.steps} timed "
+            f"*step*: forward + backward + optimiser step on one fixed batch of real digit images, {args.steps} timed "
             f"steps after 3 warm-up steps; *engine*: one epoch of `leancnn.train.Trainer` over {args.steps + 1} batches "
             f"(data loading, metrics and progress bookkeeping included). Medians of {args.repeats} repeats, thread "
             f"counts interleaved. Absolute images/s are for this machine only; the ratios are measured in the same run."
