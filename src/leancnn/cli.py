@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", nargs="+", help="domains to evaluate on (default: those of the run)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--plot-variance", metavar="PNG", help="also plot per-sample feature variance (Bias Loss's "
+                                                          "diversity signal) against correctness")
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
@@ -97,8 +99,10 @@ def _run(args: argparse.Namespace) -> int:
         path = Path(args.checkpoint)
         if path.is_dir():
             path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-        results = evaluate_checkpoint(path, args.domains, args.split, args.device)
+        results = evaluate_checkpoint(path, args.domains, args.split, args.device, args.plot_variance)
         print(report.format_table(test_rows(results), [f"{args.split} set", "images", "accuracy", "loss"]))
+        if args.plot_variance:
+            print(f"variance plot written to {args.plot_variance}")
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo

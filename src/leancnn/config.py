@@ -65,8 +65,15 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    name: Literal["ce"] = "ce"
+    name: Literal["ce", "bias"] = "ce"
     label_smoothing: float = 0.0
+    # Bias Loss (name: bias); see docs/bias-loss.md
+    alpha: float = 0.3
+    beta: float = 0.3
+    normalisation: Literal["local", "global"] = "local"  # local = the paper's per-batch min-max
+    weight_form: Literal["paper", "legacy"] = "paper"  # legacy = the reference code before 2022
+    low_threshold: float = 0.1  # v_hat below this counts as a low-diversity sample in the diagnostics
+    feature_layer: str = ""  # features from this module; "" = the model's forward_features
 
 
 @dataclass

@@ -86,6 +86,41 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
     return path
 
 
+def plot_variance_correctness(variance, correct, path: str | Path, title: str = "", bins: int = 10) -> Path:
+    """Feature variance against correctness: histograms of log-variance for right and wrong predictions,
+    and accuracy per variance decile (the low-diversity samples Bias Loss down-weights sit on the left)."""
+    import numpy as np
+
+    plt = _pyplot()
+    variance = np.asarray(variance, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    finite = np.isfinite(variance) & (variance > 0)
+    logv = np.log10(variance[finite])
+    ok = correct[finite]
+    fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    edges = np.linspace(logv.min(), logv.max(), 31) if logv.size else np.linspace(0, 1, 31)
+    ax_h.hist(logv[ok], bins=edges, alpha=0.6, label=f"correct ({ok.sum()})", density=True)
+    ax_h.hist(logv[~ok], bins=edges, alpha=0.6, label=f"wrong ({(~ok).sum()})", density=True)
+    ax_h.set(xlabel="log10 feature variance", ylabel="density", title="variance by outcome")
+    ax_h.legend()
+    if logv.size:
+        cuts = np.quantile(logv, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(cuts, logv, side="right") - 1, 0, bins - 1)
+        acc = [100 * ok[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+        ax_a.bar(np.arange(1, bins + 1), acc, color="tab:green")
+    ax_a.set(xlabel="variance decile (1 = lowest)", ylabel="accuracy (%)", title="accuracy per variance decile")
+    for ax in (ax_h, ax_a):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A Markdown report: a title and (heading, body) sections."""
     text = f"# {title}\n\n" + "\n".join(f"## {h}\n\n{b.rstrip()}\n" for h, b in sections)

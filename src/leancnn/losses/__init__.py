@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from ..config import LossConfig
 from ..errors import ConfigError
+from .bias import BiasLoss, feature_variance
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
@@ -13,7 +14,11 @@ def build_loss(cfg: LossConfig) -> nn.Module:
         raise ConfigError(f"config key 'loss.label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.name == "ce":
         return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    raise ConfigError(f"config key 'loss.name': unknown loss {cfg.name!r}")
+    try:
+        return BiasLoss(cfg.alpha, cfg.beta, cfg.normalisation, cfg.weight_form, cfg.label_smoothing,
+                        low_threshold=cfg.low_threshold)
+    except ValueError as e:
+        raise ConfigError(f"config section 'loss': {e}") from None
 
 
-__all__ = ["build_loss"]
+__all__ = ["BiasLoss", "build_loss", "feature_variance"]

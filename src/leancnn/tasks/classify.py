@@ -6,15 +6,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import report
 from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
 from ..data import DOMAINS, DigitsDataset
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
-from ..losses import build_loss
+from ..losses import build_loss, feature_variance
 from ..models import create_model
+from ..nn.tap import WithFeatures
 from ..train import (DistContext, Trainer, build_optimizer, build_scheduler, cleanup_distributed, evaluate,
                      init_distributed, load_checkpoint, load_model_state, seed_everything)
 from ..train.distributed import all_gather_objects
@@ -143,7 +144,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         trainer = Trainer(model, loss, optimizer, scheduler, loader,
                           eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                           cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
-                          ctx, list(callbacks))
+                          ctx, list(callbacks), cfg.loss.feature_layer or None)
         history = trainer.fit(resume=state)
         summary = {}
         if ctx.is_main:
@@ -182,16 +183,42 @@ def resolve_train_config(config: str | None, overrides: list[str], resume: str |
 
 
 def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, split: str = "test",
-                        device: str = "auto", overrides_cfg: ExperimentConfig | None = None) -> dict[str, dict]:
-    """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on)."""
+                        device: str = "auto", plot_variance: str | Path | None = None) -> dict[str, dict]:
+    """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on).
+
+    ``plot_variance``: also write a PNG of per-sample feature variance (Bias Loss's diversity signal)
+    against correctness."""
     dev = resolve_device(device)
     state = load_checkpoint(path, dev)
-    cfg = overrides_cfg or config_from_checkpoint(state)
+    cfg = config_from_checkpoint(state)
     model = build_model(cfg)
     load_model_state(model, state, f"checkpoint '{state['path']}'")
     model.to(dev)
     domains = domains or (cfg.data.test_domains or cfg.data.domains)
     _check_domains(domains, "--domains")
     tests = {d: DigitsDataset([d], split, seed=cfg.data.split_seed) for d in domains}
-    return test_model(model, tests, cfg, dev)
+    results = test_model(model, tests, cfg, dev)
+    if plot_variance:
+        variance, correct = variance_and_correctness(model, ConcatDataset(list(tests.values())), cfg, dev)
+        report.plot_variance_correctness(variance, correct, plot_variance,
+                                         title=f"{cfg.model.name} on {', '.join(domains)} ({split})")
+    return results
+
+
+@torch.no_grad()
+def variance_and_correctness(model, ds: Dataset, cfg: ExperimentConfig, device: torch.device):
+    """Per-sample variance of the loss's feature map (float64 numpy) and whether the prediction is right."""
+    import numpy as np
+
+    tap = WithFeatures(model, cfg.loss.feature_layer or None)
+    model.eval()
+    variances, correct = [], []
+    try:
+        for batch in eval_loader(ds, cfg.data.eval_batch_size):
+            logits, features = tap(batch[0].to(device))
+            variances.append(feature_variance(features).double().cpu())
+            correct.append((logits.argmax(1).cpu() == batch[1]))
+    finally:
+        tap.remove()
+    return torch.cat(variances).numpy(), torch.cat(correct).numpy().astype(np.bool_)
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LeancnnError
 from ..io import append_jsonl, atomic_write_text
+from ..nn.tap import WithFeatures
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .distributed import DistContext, all_gather_objects, barrier, reduce_sum
 from .seed import get_rng_state, set_rng_state
@@ -41,20 +42,6 @@ def accepts_features(loss_fn: Callable) -> bool:
     except (TypeError, ValueError):
         return False
     return "features" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-class WithFeatures(nn.Module):
-    """``forward(x) -> (logits, features)`` for models with ``forward_features``/``forward_head``.
-
-    Wrapping (instead of calling the two methods) keeps DDP's gradient synchronisation intact."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(x)
-        return self.model.forward_head(features), features
 
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +90,7 @@ class Trainer:
     amp: bool = False
     dist: DistContext = field(default_factory=DistContext)
     callbacks: list[Callable[["Trainer", dict], None]] = field(default_factory=list)  # after each epoch
+    feature_layer: str | None = None  # features for the loss from this module (default: forward_features)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -110,10 +98,16 @@ class Trainer:
             warnings.warn("train.amp needs CUDA; training in float32 on the CPU")
             self.amp = False
         self.model.to(self.device)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device)
         self.use_features = accepts_features(self.loss_fn)
-        if self.use_features and not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
-            raise LeancnnError(f"the loss needs features but {type(self.model).__name__} has no forward_features/forward_head")
-        net = WithFeatures(self.model) if self.use_features else self.model
+        if self.use_features:
+            try:
+                net = WithFeatures(self.model, self.feature_layer)
+            except ValueError as e:
+                raise LeancnnError(f"the loss needs features: {e}") from None
+        else:
+            net = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DDP(net, device_ids=ids)
@@ -133,6 +127,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
             "epoch": self.epoch,
             "best_acc": self.best_acc,
             "history": self.history,
@@ -146,6 +141,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
+            self.loss_fn.load_state_dict(state["loss"])  # e.g. Bias Loss's running minimum
         self.epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
@@ -160,6 +157,8 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
+        if hasattr(self.loss_fn, "epoch_counters"):
+            self.loss_fn.epoch_counters()  # start the epoch's diagnostics from zero
         loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    disable=not progress_enabled(self.dist))
@@ -191,8 +190,11 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}")
         seconds = time.perf_counter() - start
         loss_sum, correct, count = reduce_sum([loss_sum, correct, count], self.dist, self.device)
-        return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-                "train_images_per_s": count / seconds, "train_seconds": seconds}
+        record = {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+                  "train_images_per_s": count / seconds, "train_seconds": seconds}
+        if hasattr(self.loss_fn, "epoch_counters"):  # per-epoch diagnostics of the loss (e.g. Bias Loss)
+            record.update(self.loss_fn.summarise(reduce_sum(self.loss_fn.epoch_counters(), self.dist, self.device)))
+        return record
 
     def fit(self, resume: str | Path | dict | None = None) -> list[dict]:
         """Train until ``epochs`` epochs are complete; returns the per-epoch history.
@@ -231,5 +233,8 @@ class Trainer:
 
     def _print_epoch(self, r: dict) -> None:
         val = f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if "val_acc" in r else ""
+        if "bias_low_share" in r:
+            val += (f"  low-diversity {100 * r['bias_low_share']:.1f}% (acc {r['bias_low_acc']:.3f} vs "
+                    f"{r['bias_rest_acc']:.3f}, mean weight {r['bias_mean_weight']:.3f})")
         print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
               f"acc {r['train_acc']:.4f}{val}  {r['train_images_per_s']:.0f} img/s", flush=True)
