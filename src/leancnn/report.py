@@ -58,6 +58,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write atomically (format from the suffix, PNG by default) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch (train and, when present, validation) side by side."""
     plt = _pyplot()
@@ -78,12 +88,7 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_variance_correctness(variance, correct, path: str | Path, title: str = "", bins: int = 10) -> Path:
@@ -113,12 +118,7 @@ def plot_variance_correctness(variance, correct, path: str | Path, title: str = 
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
