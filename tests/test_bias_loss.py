@@ -237,3 +237,19 @@ def test_training_with_bias_loss_logs_diagnostics(tmp_path):
         assert 0 <= r["bias_low_acc"] <= 1 and 0 <= r["bias_rest_acc"] <= 1
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert torch.isfinite(state["loss"]["global_min"])  # the running minimum is saved for exact resume
+
+
+def test_feature_layer_option_and_variance_plot(tmp_path, capsys):
+    from leancnn.cli import main
+
+    tiny = ["model.name=resnet20", "loss.name=bias", "data.limit_train=128", "data.limit_eval=64",
+            "data.batch_size=64", "train.epochs=1"]
+    assert main(["train", *tiny, "loss.feature_layer=layer2.0.conv1", "-o", str(tmp_path / "run")]) == 0
+    png = tmp_path / "variance.png"
+    assert main(["evaluate", str(tmp_path / "run"), "--domains", "uci", "--plot-variance", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["train", *tiny, "loss.feature_layer=layer9", "-o", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "layer 'layer9' is not a module of ResNet; valid names: stem" in err
+    assert not (tmp_path / "bad").exists()  # checked before the run directory is made

@@ -89,15 +89,13 @@ def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoade
 # ----------------------------------------------------------------------------------------- runs
 
 
-def make_run_dir(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext) -> Path:
-    """``out`` or ``<output_dir>/<name>-<time>``; rank 0 decides, every rank gets the same path."""
+def run_dir_path(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext) -> Path:
+    """``out`` or ``<output_dir>/<name>-<time>``; rank 0 decides, every rank gets the same path (nothing is
+    created yet)."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
-    path = Path(all_gather_objects(str(out), ctx)[0])
-    if ctx.is_main:
-        ensure_writable_dir(path)
-    return path
+    return Path(all_gather_objects(str(out), ctx)[0])
 
 
 def build_model(cfg: ExperimentConfig):
@@ -138,13 +136,14 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         if resume is not None:
             state = load_checkpoint(resume, device)
             load_model_state(model, state, f"checkpoint '{state['path']}'")  # the architecture must fit
-        run_dir = make_run_dir(cfg, out, ctx)
-        if ctx.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        run_dir = run_dir_path(cfg, out, ctx)
         trainer = Trainer(model, loss, optimizer, scheduler, loader,
                           eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                           cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
                           ctx, list(callbacks), cfg.loss.feature_layer or None)
+        if ctx.is_main:
+            ensure_writable_dir(run_dir)
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         history = trainer.fit(resume=state)
         summary = {}
         if ctx.is_main:
