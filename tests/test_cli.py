@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from leancnn.cli import main
-from leancnn.models import list_models
 from leancnn.config import ConfigError, load_config, to_dict
+from leancnn.models import list_models
 from leancnn.train.checkpoint import load_checkpoint
 
 LEANCNN = Path(sys.executable).with_name("leancnn")

@@ -5,8 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from leancnn.config import (DataConfig, ExperimentConfig, OptimConfig, TrainConfig, apply_overrides, dump_config,
-                            from_dict, load_config, parse_override, to_dict)
+from leancnn.config import (
+    DataConfig,
+    ExperimentConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    dump_config,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+)
 from leancnn.errors import ConfigError, LeancnnError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from leancnn.data import digits
-from leancnn.data import DOMAINS, DigitsDataset, describe, load_domain, sample_grid, split_indices
+from leancnn.data import DOMAINS, DigitsDataset, describe, digits, load_domain, sample_grid, split_indices
 
 SIZES = {"mnist": 5000, "mnistm": 5000, "syn": 5000, "uci": 1797}
 

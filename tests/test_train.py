@@ -202,10 +202,9 @@ def test_ddp_two_processes_equals_averaged_update(tmp_path):
 
 
 def test_loss_that_takes_features_receives_the_last_feature_map(tmp_path):
-    from leancnn.train import Trainer, accepts_features, build_scheduler
     from leancnn.config import OptimConfig
     from leancnn.tasks.classify import eval_loader, train_loader
-    from leancnn.train import DistContext, build_optimizer
+    from leancnn.train import DistContext, Trainer, accepts_features, build_optimizer, build_scheduler
 
     seen = []
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..data import DOMAINS, describe
 from ..errors import LeancnnError
-from ..report import format_table
 from ..models import create_model, get_model_entry, list_models
 from ..nn import count_macs, count_params
+from ..report import format_table
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:

@@ -16,8 +16,18 @@ from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
 from ..nn.tap import WithFeatures
-from ..train import (DistContext, Trainer, build_optimizer, build_scheduler, cleanup_distributed, evaluate,
-                     init_distributed, load_checkpoint, load_model_state, seed_everything)
+from ..train import (
+    DistContext,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    cleanup_distributed,
+    evaluate,
+    init_distributed,
+    load_checkpoint,
+    load_model_state,
+    seed_everything,
+)
 from ..train.distributed import all_gather_objects
 
 
