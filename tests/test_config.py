@@ -155,7 +155,7 @@ def config_error(path=None, overrides=()) -> str:
 def test_unknown_top_level_key():
     msg = config_error(overrides=["modle.name=x"])
     assert msg == ("unknown config key 'modle'; allowed keys at the top level: "
-                   "name, output_dir, model, data, optim, schedule, loss, train")
+                   "name, output_dir, model, data, optim, schedule, loss, train, semi")
 
 
 def test_unknown_nested_key():

@@ -31,3 +31,8 @@ def test_demo_writes_report(tmp_path, capsys):
     assert (out / "train" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "269,722 parameters" in report  # ResNet-20
     assert "epochs: 1" in report  # the resolved config, overrides applied
+    # stage 2: leave-one-domain-out on mnistm without / with MixStyle, shortened by the same overrides
+    assert "## MixStyle: leave-one-domain-out" in report and "256 training images, 1 epochs" in report
+    for variant in ("vanilla", "MixStyle-random", "MixStyle-crossdomain"):
+        assert f"| {variant}" in report
+        assert (out / "lodo" / variant / "mnistm" / "seed0" / "summary.json").is_file()

@@ -58,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-variance", metavar="PNG", help="also plot per-sample feature variance (Bias Loss's "
                                                           "diversity signal) against correctness")
 
+    p = sub.add_parser("lodo", help="leave-one-domain-out: train on all domains but one, test on it; table",
+                       description="Leave-one-domain-out protocol on the digit domains: for every target domain, "
+                                   "train on the others and test on the whole held-out domain, for each seed and "
+                                   "variant. Finished runs are reused, interrupted ones resumed. Prints the "
+                                   "per-target table (mean ± std over seeds) and the average; writes lodo.md, "
+                                   "lodo.json and lodo.png into the output directory.")
+    _add_config_args(p)
+    p.add_argument("-o", "--out", help="output directory (default: <output_dir>/lodo-<config name>)")
+    p.add_argument("--targets", nargs="+", help="held-out domains (default: all of mnist, mnistm, syn, uci)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--variant", action="append", metavar="'NAME: key=value ...'",
+                   help="a named variant of the config, repeatable, e.g. --variant vanilla --variant "
+                        "'crossdomain: model.mixstyle.after=[layer1,layer2] model.mixstyle.mix=crossdomain "
+                        "data.sampler=domain' (default: one variant, 'run')")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="train only runs i, i+n, ... (split over "
+                                                                  "processes; re-run with 0/1 to collect)")
+
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
                                    "runs/demo-<time>/report.md with a results table and the training curves.")
@@ -103,6 +120,24 @@ def _run(args: argparse.Namespace) -> int:
         print(report.format_table(test_rows(results), [f"{args.split} set", "images", "accuracy", "loss"]))
         if args.plot_variance:
             print(f"variance plot written to {args.plot_variance}")
+    elif args.command == "lodo":
+        from .config import apply_overrides, read_yaml
+        from .tasks.lodo import parse_variant, run_lodo
+
+        base = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
+        variants = dict(parse_variant(v) for v in (args.variant or ["run"]))
+        try:
+            shard = tuple(int(v) for v in args.shard.split("/"))
+            assert len(shard) == 2
+        except (ValueError, AssertionError):
+            raise LeancnnError(f"--shard {args.shard!r}: expected I/N, e.g. 0/2") from None
+        out = args.out or Path(base.get("output_dir", "runs")) / f"lodo-{base.get('name', 'experiment')}"
+        results = run_lodo(base, variants, out, args.targets, args.seeds, shard)
+        print(results["text"])
+        if results["missing"]:
+            print(f"{len(results['missing'])} run(s) not finished yet (other shards?); re-run to collect")
+        else:
+            print(f"table written to {Path(out) / 'lodo.md'}")
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo

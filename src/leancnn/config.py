@@ -23,17 +23,27 @@ T = TypeVar("T")
 
 
 @dataclass
+class MixStyleConfig:
+    after: list[str] = field(default_factory=list)  # module names to apply MixStyle after; [] = no MixStyle
+    p: float = 0.5  # probability of mixing, per batch and insertion point
+    alpha: float = 0.1  # lambda ~ Beta(alpha, alpha)
+    mix: Literal["random", "crossdomain"] = "random"  # crossdomain needs data.sampler=domain
+
+
+@dataclass
 class ModelConfig:
     name: str = "resnet20"
     num_classes: int = 10
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model builder
+    mixstyle: MixStyleConfig = field(default_factory=MixStyleConfig)
 
 
 @dataclass
 class DataConfig:
     name: Literal["digits"] = "digits"
     domains: list[str] = field(default_factory=lambda: ["mnist"])  # trained on (train/val splits)
-    test_domains: list[str] = field(default_factory=list)  # held-out domains tested on whole; [] = test split of `domains`
+    test_domains: list[str] = field(default_factory=list)  # held-out domains; [] = test split of `domains`
+    test_split: Literal["all", "test"] = "all"  # split of test_domains tested on ("all" = the whole domain)
     split_seed: int = 0
     augment: bool = False
     batch_size: int = 128  # global batch: divided between DDP ranks
@@ -41,6 +51,9 @@ class DataConfig:
     num_workers: int = 0
     limit_train: int = 0  # >0: use only this many training samples (a fixed random subset); for quick runs
     limit_eval: int = 0  # >0: same for the val and test sets
+    sampler: Literal["random", "domain"] = "random"  # domain: batches of domains_per_batch domains x k samples
+    domains_per_batch: int = 2  # for sampler=domain; 2 gives the [A | B] layout of MixStyle's crossdomain mode
+    labels_per_class: int = 0  # >0: keep only this many labelled images per class and training domain (SSDG)
 
 
 @dataclass
@@ -77,6 +90,20 @@ class LossConfig:
 
 
 @dataclass
+class SemiConfig:
+    """FixMatch-style training with unlabelled data (docs/mixstyle.md): ``ssdg`` uses the training images left
+    out by ``data.labels_per_class`` as unlabelled data; ``uda`` uses the train split of ``unlabeled_domains``."""
+
+    mode: Literal["off", "ssdg", "uda"] = "off"
+    unlabeled_domains: list[str] = field(default_factory=list)  # uda; [] = data.test_domains
+    threshold: float = 0.95  # pseudo-label confidence threshold
+    weight_u: float = 1.0  # weight of the unlabelled loss
+    unlabeled_batch_size: int = 0  # 0 = data.batch_size (equal halves for labelled <-> unlabelled mixing)
+    mixstyle_labeled: bool = False  # also apply MixStyle (random) on the supervised labelled batch
+    strong_augment: bool = True  # strong augmentation of the batch the unlabelled loss is computed on
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     seed: int = 0
@@ -97,6 +124,7 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 # ----------------------------------------------------------------------------------------- validation

@@ -10,11 +10,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from .. import report
 from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
-from ..data import DOMAINS, DigitsDataset
+from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler
+from ..data.augment import strong_augment, weak_augment
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
+from ..nn.mixstyle import insert_mixstyle
 from ..nn.tap import WithFeatures
 from ..train import (
     DistContext,
@@ -29,6 +31,7 @@ from ..train import (
     seed_everything,
 )
 from ..train.distributed import all_gather_objects
+from ..train.semi import SemiTrainer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,29 +69,95 @@ def _limit(ds: Dataset, n: int, seed: int) -> Dataset:
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].sort().values.tolist())
 
 
-def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, dict[str, Dataset]]:
-    """Train and val sets of ``cfg.domains``; test sets per domain (held-out ``test_domains`` whole)."""
+def domain_labels(ds: Dataset) -> torch.Tensor:
+    """Per-sample domain index of a :class:`DigitsDataset` (or a Subset of one)."""
+    if isinstance(ds, Subset):
+        return domain_labels(ds.dataset)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    if not hasattr(ds, "domain_labels"):
+        raise LeancnnError(f"{type(ds).__name__} has no domain labels; data.sampler=domain needs them")
+    return torch.as_tensor(ds.domain_labels)
+
+
+def labeled_split(ds: DigitsDataset, per_class: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of ``per_class`` labelled images per (domain, class), drawn with ``seed``, and of the rest."""
+    g = torch.Generator().manual_seed(seed)
+    labeled = []
+    for d in range(len(ds.domains)):
+        for c in range(ds.num_classes):
+            idx = torch.nonzero((ds.domain_labels == d) & (ds.targets == c)).flatten()
+            if len(idx) < per_class:
+                raise LeancnnError(f"data.labels_per_class={per_class} but domain '{ds.domains[d]}' has only "
+                                   f"{len(idx)} training images of class {c}")
+            labeled += idx[torch.randperm(len(idx), generator=g)[:per_class]].tolist()
+    keep = set(labeled)
+    return sorted(labeled), [i for i in range(len(ds)) if i not in keep]
+
+
+def build_datasets(cfg: DataConfig, label_seed: int = 0
+                   ) -> tuple[Dataset, Dataset, dict[str, Dataset]]:
+    """Train and val sets of ``cfg.domains``; test sets per domain (held-out ``test_domains``: the
+    ``test_split`` of each, by default the whole domain). With ``labels_per_class`` the training set is the
+    labelled subset drawn with ``label_seed`` (see :func:`build_unlabeled` for the rest)."""
     _check_domains(cfg.domains, "data.domains")
     _check_domains(cfg.test_domains, "data.test_domains")
     seed = cfg.split_seed
-    train = _limit(DigitsDataset(cfg.domains, "train", seed=seed, augment=cfg.augment), cfg.limit_train, seed)
+    train = DigitsDataset(cfg.domains, "train", seed=seed, augment=cfg.augment)
+    if cfg.labels_per_class > 0:
+        train = Subset(train, labeled_split(train, cfg.labels_per_class, label_seed)[0])
+    train = _limit(train, cfg.limit_train, seed)
     val = _limit(DigitsDataset(cfg.domains, "val", seed=seed), cfg.limit_eval, seed + 1)
     if cfg.test_domains:
-        tests = {d: DigitsDataset([d], "all", seed=seed) for d in cfg.test_domains}
+        tests = {d: DigitsDataset([d], cfg.test_split, seed=seed) for d in cfg.test_domains}
     else:
         tests = {d: DigitsDataset([d], "test", seed=seed) for d in cfg.domains}
     tests = {d: _limit(ds, cfg.limit_eval, seed + 2) for d, ds in tests.items()}
     return train, val, tests
 
 
-def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_workers: int = 0) -> DataLoader:
-    """Shuffled by a generator seeded with (seed, epoch) and sharded over DDP ranks; ``batch_size`` is global."""
+def build_unlabeled(cfg: ExperimentConfig) -> Dataset:
+    """The unlabelled set of ``semi.mode``: ``ssdg`` = the source training images not kept as labelled;
+    ``uda`` = the train split of ``semi.unlabeled_domains`` (default ``data.test_domains``)."""
+    data = cfg.data
+    if cfg.semi.mode == "ssdg":
+        if data.labels_per_class <= 0:
+            raise LeancnnError("semi.mode=ssdg needs data.labels_per_class > 0 (the labelled images per class "
+                               "and domain; the rest of the training split is the unlabelled data)")
+        full = DigitsDataset(data.domains, "train", seed=data.split_seed)
+        ds = Subset(full, labeled_split(full, data.labels_per_class, cfg.train.seed)[1])
+    else:
+        names = cfg.semi.unlabeled_domains or data.test_domains
+        if not names:
+            raise LeancnnError("semi.mode=uda needs unlabelled target domains: set semi.unlabeled_domains "
+                               "or data.test_domains")
+        _check_domains(names, "semi.unlabeled_domains")
+        ds = DigitsDataset(names, "train", seed=data.split_seed)
+    return _limit(ds, data.limit_train, data.split_seed + 3)
+
+
+def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_workers: int = 0,
+                 sampler: str = "random", domains_per_batch: int = 2) -> DataLoader:
+    """Shuffled by a generator seeded with (seed, epoch) and sharded over DDP ranks; ``batch_size`` is global.
+
+    ``sampler="domain"``: every local batch is ``domains_per_batch`` domains × k samples laid out contiguously
+    (:class:`DomainBalancedSampler`, dealt out by rank), with as many steps per epoch as the plain sampler."""
     if batch_size % ctx.world_size:
         raise LeancnnError(f"data.batch_size={batch_size} is not divisible by the {ctx.world_size} processes")
     local = batch_size // ctx.world_size
-    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
-    drop_last = len(sampler) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
-    return DataLoader(ds, batch_size=local, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+    if sampler == "domain":
+        if domains_per_batch < 1 or local % domains_per_batch:
+            raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
+                               f"data.domains_per_batch={domains_per_batch}")
+        try:
+            dsampler = DomainBalancedSampler(domain_labels(ds), domains_per_batch, local // domains_per_batch,
+                                             seed=seed, rank=ctx.rank, world_size=ctx.world_size,
+                                             length=max(1, len(ds) // batch_size) * ctx.world_size)
+        except ValueError as e:
+            raise LeancnnError(f"data.sampler=domain: {e}") from None
+        return DataLoader(ds, batch_size=local, sampler=dsampler, drop_last=True, num_workers=num_workers,
+                          persistent_workers=num_workers > 0)
+    dist_sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    drop_last = len(dist_sampler) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
+    return DataLoader(ds, batch_size=local, sampler=dist_sampler, drop_last=drop_last, num_workers=num_workers,
                       persistent_workers=num_workers > 0)
 
 
@@ -109,7 +178,31 @@ def run_dir_path(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext
 
 
 def build_model(cfg: ExperimentConfig):
-    return create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    """The registered model; with ``model.mixstyle.after`` MixStyle applied after those modules."""
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    ms = cfg.model.mixstyle
+    if ms.after:
+        try:
+            insert_mixstyle(model, ms.after, p=ms.p, alpha=ms.alpha, mix=ms.mix, seed=cfg.train.seed)
+        except ValueError as e:
+            raise LeancnnError(f"config section 'model.mixstyle': {e}") from None
+        if cfg.semi.mode != "off":  # the semi-supervised trainer switches MixStyle on where it mixes
+            from ..nn.mixstyle import deactivate_mixstyle
+
+            deactivate_mixstyle(model)
+    return model
+
+
+def check_mixstyle_sampling(cfg: ExperimentConfig) -> None:
+    """Cross-domain mixing assumes [domain A | domain B] batches: only the domain sampler gives them."""
+    ms = cfg.model.mixstyle
+    if not ms.after or ms.mix != "crossdomain" or cfg.semi.mode != "off":
+        return
+    if cfg.data.sampler != "domain" or cfg.data.domains_per_batch != 2:
+        raise LeancnnError(
+            "model.mixstyle.mix=crossdomain pairs the two halves of a batch, so the batches must be laid out "
+            "[domain A | domain B]: set data.sampler=domain and data.domains_per_batch=2 "
+            f"(got data.sampler={cfg.data.sampler}, data.domains_per_batch={cfg.data.domains_per_batch})")
 
 
 def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: torch.device) -> dict[str, dict]:
@@ -132,25 +225,42 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
     try:
         configure_torch(cfg, device)
         # Everything that can fail on bad input is checked before the run directory is touched.
+        check_mixstyle_sampling(cfg)
         seed_everything(cfg.train.seed)
         model = build_model(cfg)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
-        train_ds, val_ds, tests = build_datasets(cfg.data)
-        loader = train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx, cfg.data.num_workers)
+        train_ds, val_ds, tests = build_datasets(cfg.data, label_seed=cfg.train.seed)
+        loader = train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx, cfg.data.num_workers,
+                              cfg.data.sampler, cfg.data.domains_per_batch)
         if len(loader) == 0:
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
+        u_loader = None
+        if cfg.semi.mode != "off":
+            if cfg.loss.name != "ce":
+                raise LeancnnError("semi-supervised training (semi.mode) uses cross-entropy; set loss.name=ce")
+            u_batch = cfg.semi.unlabeled_batch_size or cfg.data.batch_size
+            u_loader = train_loader(build_unlabeled(cfg), u_batch, cfg.train.seed + 1, ctx, cfg.data.num_workers)
+            if len(u_loader) == 0:
+                raise LeancnnError("the unlabelled set gives no batch; lower semi.unlabeled_batch_size")
         optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
+        steps = len(u_loader) if u_loader is not None else len(loader)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, steps)
         loss = build_loss(cfg.loss)
         state = None
         if resume is not None:
             state = load_checkpoint(resume, device)
             load_model_state(model, state, f"checkpoint '{state['path']}'")  # the architecture must fit
         run_dir = run_dir_path(cfg, out, ctx)
-        trainer = Trainer(model, loss, optimizer, scheduler, loader,
-                          eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
-                          cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
-                          ctx, list(callbacks), cfg.loss.feature_layer or None)
+        args = (model, loss, optimizer, scheduler, loader,
+                eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
+                cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
+                ctx, list(callbacks), cfg.loss.feature_layer or None)
+        if u_loader is None:
+            trainer = Trainer(*args)
+        else:
+            trainer = SemiTrainer(*args, unlabeled_loader=u_loader, threshold=cfg.semi.threshold,
+                                  weight_u=cfg.semi.weight_u, mixstyle_labeled=cfg.semi.mixstyle_labeled,
+                                  strong=strong_augment if cfg.semi.strong_augment else weak_augment)
         if ctx.is_main:
             ensure_writable_dir(run_dir)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))

@@ -152,6 +152,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- loop
 
+    def optimizer_step(self) -> None:
+        """After backward: optional gradient clipping, the (AMP-scaled) optimiser step, the per-step schedule."""
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
     def train_one_epoch(self) -> dict[str, float]:
         self.net.train()
         sampler = getattr(self.train_loader, "sampler", None)
@@ -177,12 +186,7 @@ class Trainer:
                                    "lower optim.lr or set train.grad_clip")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if self.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self.optimizer_step()
             n = y.numel()
             loss_sum += loss.item() * n
             correct += (logits.detach().argmax(1) == y).sum().item()
@@ -236,5 +240,8 @@ class Trainer:
         if "bias_low_share" in r:
             val += (f"  low-diversity {100 * r['bias_low_share']:.1f}% (acc {r['bias_low_acc']:.3f} vs "
                     f"{r['bias_rest_acc']:.3f}, mean weight {r['bias_mean_weight']:.3f})")
+        if "semi_mask_rate" in r:
+            val += (f"  loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
+                    f"(pseudo-label acc {r['semi_pseudo_acc']:.3f})")
         print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
               f"acc {r['train_acc']:.4f}{val}  {r['train_images_per_s']:.0f} img/s", flush=True)

@@ -1,0 +1,173 @@
+"""Leave-one-domain-out (LODO) evaluation: for each target domain, train on the other domains and test on the
+whole held-out domain, over seeds and over named variants of one base config (e.g. vanilla / MixStyle).
+
+Runs live in ``<out>/<variant>/<target>/seed<k>/``. A finished run (its ``summary.json`` exists) is never
+repeated, and an interrupted one continues from its ``last.pt``, so the command can be re-run after a crash,
+or split over processes with ``shard=(i, n)`` and re-run once more to collect the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import report
+from ..config import ExperimentConfig, apply_overrides, from_dict, to_dict
+from ..data import DOMAINS
+from ..errors import LeancnnError
+from ..io import atomic_write_json, atomic_write_text
+from .classify import build_model, check_mixstyle_sampling, train
+
+
+@dataclass
+class LodoRun:
+    variant: str
+    target: str
+    seed: int
+    config: ExperimentConfig
+    run_dir: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "summary.json").is_file()
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"crossdomain: model.mixstyle.mix=crossdomain data.sampler=domain"`` -> (name, overrides)."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise LeancnnError(f"variant '{text}': expected 'NAME: key=value ...' with a name of letters, digits, "
+                           "'-', '_' or '.'")
+    return name, rest.split()
+
+
+def plan(base: dict, variants: dict[str, list[str]], targets: Sequence[str], seeds: Sequence[int],
+         out: Path, domains: Sequence[str] = DOMAINS) -> list[LodoRun]:
+    """Every run's validated config; fails before anything is trained if one of them is invalid."""
+    if not variants:
+        raise LeancnnError("no variant to run")
+    if not seeds:
+        raise LeancnnError("no seed given")
+    domains = list(domains)
+    for t in targets:
+        if t not in domains:
+            raise LeancnnError(f"unknown target domain '{t}'; available: {', '.join(domains)}")
+    if len(domains) < 2:
+        raise LeancnnError("leave-one-domain-out needs at least two domains")
+    runs = []
+    for name, overrides in variants.items():
+        for target in targets:
+            sources = [d for d in domains if d != target]
+            for seed in seeds:
+                raw = apply_overrides(copy.deepcopy(base), list(overrides) + [
+                    f"data.domains=[{','.join(sources)}]", f"data.test_domains=[{target}]",
+                    "data.test_split=all", f"train.seed={seed}"])
+                cfg = from_dict(ExperimentConfig, raw)
+                cfg.name = f"{cfg.name}-{name}-{target}-s{seed}"
+                runs.append(LodoRun(name, target, seed, cfg, out / name / target / f"seed{seed}"))
+        check_mixstyle_sampling(runs[-1].config)
+        build_model(runs[-1].config)  # unknown model / MixStyle insertion names fail here
+    return runs
+
+
+def execute(runs: list[LodoRun], shard: tuple[int, int] = (0, 1), quiet: bool = True) -> None:
+    i, n = shard
+    if not 0 <= i < n:
+        raise LeancnnError(f"shard {i}/{n}: expected 0 <= i < n")
+    mine = [r for k, r in enumerate(runs) if k % n == i]
+    todo = [r for r in mine if not r.done]
+    print(f"leave-one-domain-out: {len(runs)} runs, {len(mine)} in this shard, {len(todo)} to train", flush=True)
+    for k, run in enumerate(todo, 1):
+        resume = run.run_dir / "last.pt"
+        print(f"[{k}/{len(todo)}] {run.variant}: target {run.target}, seed {run.seed}"
+              + (" (resuming)" if resume.is_file() else ""), flush=True)
+        train(run.config, out=run.run_dir, resume=resume if resume.is_file() else None, quiet=quiet)
+
+
+def collect(runs: list[LodoRun]) -> dict:
+    """Held-out accuracy per variant, target and seed; missing runs are listed, not guessed."""
+    acc: dict[str, dict[str, dict[int, float]]] = {}
+    missing = []
+    for r in runs:
+        if not r.done:
+            missing.append(str(r.run_dir))
+            continue
+        summary = json.loads((r.run_dir / "summary.json").read_text())
+        acc.setdefault(r.variant, {}).setdefault(r.target, {})[r.seed] = summary["test"][r.target]["acc"]
+    return {"acc": acc, "missing": missing}
+
+
+def table(results: dict, targets: Sequence[str], seeds: Sequence[int], markdown: bool = False) -> str:
+    """Rows = variants; columns = target domains and their average, each mean ± std over seeds (in %; a
+    single seed gives the plain accuracy). The average is taken per seed over targets, then mean ± std."""
+    def fmt(vals):
+        return f"{100 * vals[0]:.2f}" if len(vals) == 1 else report.fmt_mean_std(vals)
+
+    rows = []
+    for variant, per_target in results["acc"].items():
+        row = [variant]
+        for t in targets:
+            vals = [per_target.get(t, {}).get(s, np.nan) for s in seeds]
+            row.append(fmt(vals) if not np.isnan(vals).any() else "missing")
+        avgs = [np.mean([per_target[t][s] for t in targets]) for s in seeds
+                if all(s in per_target.get(t, {}) for t in targets)]
+        row.append(fmt(avgs) if len(avgs) == len(seeds) else "missing")
+        rows.append(row)
+    return report.format_table(rows, ["variant", *targets, "avg"], markdown=markdown)
+
+
+def plot(results: dict, targets: Sequence[str], seeds: Sequence[int], path: Path, title: str) -> Path | None:
+    """Grouped bars: held-out accuracy per target (and average) per variant, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v, pt in results["acc"].items() if all(len(pt.get(t, {})) == len(seeds) for t in targets)]
+    if not variants:
+        return None
+    cols = [*targets, "avg"] if len(targets) > 1 else list(targets)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 3.6))
+    width = 0.8 / len(variants)
+    for j, v in enumerate(variants):
+        per = results["acc"][v]
+        data = np.array([[100 * per[t][s] for s in seeds] for t in targets])  # [targets, seeds]
+        if len(targets) > 1:
+            data = np.vstack([data, data.mean(0, keepdims=True)])
+        x = np.arange(len(cols)) + (j - (len(variants) - 1) / 2) * width
+        ax.bar(x, data.mean(1), width, yerr=data.std(1, ddof=1) if len(seeds) > 1 else None, capsize=2, label=v)
+    ax.set_xticks(np.arange(len(cols)), cols)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return report.save_figure(fig, path)
+
+
+def run_lodo(base: dict, variants: dict[str, list[str]], out: str | Path, targets: Sequence[str] | None = None,
+             seeds: Sequence[int] = (0, 1, 2), shard: tuple[int, int] = (0, 1), domains: Sequence[str] = DOMAINS,
+             quiet: bool = True) -> dict:
+    """Plan, train (this shard's missing runs), collect; write ``lodo.json``, ``lodo.md`` and ``lodo.png``."""
+    out = Path(out)
+    targets = list(targets or domains)
+    runs = plan(base, variants, targets, seeds, out, domains)
+    execute(runs, shard, quiet)
+    results = collect(runs)
+    results.update(targets=targets, seeds=list(seeds), variants={k: list(v) for k, v in variants.items()},
+                   base=to_dict(from_dict(ExperimentConfig, copy.deepcopy(base))))
+    text = table(results, targets, seeds)
+    if not results["missing"]:
+        atomic_write_json(out / "lodo.json", results)
+        title = f"leave-one-domain-out, {runs[0].config.model.name}, {len(seeds)} seeds"
+        plot(results, targets, seeds, out / "lodo.png", title)
+        atomic_write_text(out / "lodo.md", f"# {title}\n\nHeld-out accuracy (%), mean ± std over seeds "
+                          f"{', '.join(map(str, seeds))}.\n\n{table(results, targets, seeds, markdown=True)}\n\n"
+                          "![held-out accuracy](lodo.png)\n")
+    results["text"] = text
+    return results
