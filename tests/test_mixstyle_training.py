@@ -191,6 +191,7 @@ def test_uda_uses_the_target_train_split_unlabelled(tmp_path, tiny_overrides):
     (["semi.mode=uda"], "unlabelled target domains"),
     (["semi.mode=ssdg", "data.labels_per_class=2", "loss.name=bias"], "loss.name=ce"),
     (["semi.mode=uda", "semi.unlabeled_domains=[svhn]"], "unknown dataset 'svhn'"),
+    (["semi.mode=uda", "data.test_domains=[mnistm]", *MS, "semi.unlabeled_batch_size=32"], "two equal halves"),
 ])
 def test_bad_semi_settings(tmp_path, tiny_overrides, overrides, message):
     with pytest.raises(LeancnnError, match=message):

@@ -239,6 +239,10 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
             if cfg.loss.name != "ce":
                 raise LeancnnError("semi-supervised training (semi.mode) uses cross-entropy; set loss.name=ce")
             u_batch = cfg.semi.unlabeled_batch_size or cfg.data.batch_size
+            if cfg.model.mixstyle.after and u_batch != cfg.data.batch_size:
+                raise LeancnnError(
+                    f"semi.unlabeled_batch_size={u_batch} differs from data.batch_size={cfg.data.batch_size}: "
+                    "labelled <-> unlabelled crossdomain MixStyle needs two equal halves; set it to 0")
             u_loader = train_loader(build_unlabeled(cfg), u_batch, cfg.train.seed + 1, ctx, cfg.data.num_workers)
             if len(u_loader) == 0:
                 raise LeancnnError("the unlabelled set gives no batch; lower semi.unlabeled_batch_size")
