@@ -1,5 +1,7 @@
 """Leave-one-domain-out (LODO) evaluation: for each target domain, train on the other domains and test on the
 whole held-out domain, over seeds and over named variants of one base config (e.g. vanilla / MixStyle).
+(``data.test_split=test`` tests on the target's test split instead, e.g. for adaptation with ``semi.mode=uda``,
+whose unlabelled data is the target's train split.)
 
 Runs live in ``<out>/<variant>/<target>/seed<k>/``. A finished run (its ``summary.json`` exists) is never
 repeated, and an interrupted one continues from its ``last.pt``, so the command can be re-run after a crash,
@@ -66,8 +68,7 @@ def plan(base: dict, variants: dict[str, list[str]], targets: Sequence[str], see
             sources = [d for d in domains if d != target]
             for seed in seeds:
                 raw = apply_overrides(copy.deepcopy(base), list(overrides) + [
-                    f"data.domains=[{','.join(sources)}]", f"data.test_domains=[{target}]",
-                    "data.test_split=all", f"train.seed={seed}"])
+                    f"data.domains=[{','.join(sources)}]", f"data.test_domains=[{target}]", f"train.seed={seed}"])
                 cfg = from_dict(ExperimentConfig, raw)
                 cfg.name = f"{cfg.name}-{name}-{target}-s{seed}"
                 runs.append(LodoRun(name, target, seed, cfg, out / name / target / f"seed{seed}"))
