@@ -5,7 +5,7 @@
 One training step = forward + cross-entropy + backward + SGD step, batch 128 of real 32x32 digit images.
 MixStyle is inserted after the first two stages (digits_cnn: conv1, conv2; ResNet-20: layer1, layer2;
 MobileNetV3-Small: blocks.0, blocks.1) with p = 1 (it mixes on every step: the worst case; with the default
-p = 0.5 the expected overhead is about half) in crossdomain mode on a [A | B] batch. The runs alternate within
+p = 0.5 it mixes on about half the steps) in crossdomain mode on a [A | B] batch. The runs alternate within
 every repeat (the machine is shared and noisy); the table gives the median step time of each and their ratio,
 measured in the same run.
 """
@@ -83,7 +83,8 @@ def main() -> None:
         return
     body = (f"Training step (forward + cross-entropy + backward + SGD step), batch {args.batch} of 32×32 digit "
             f"images laid out [MNIST × {half} | SYN × {half}], {args.threads} threads. MixStyle with p = 1 (mixes on "
-            f"every step, the worst case; the default p = 0.5 costs about half) in crossdomain mode. Median of "
+            f"every step, the worst case; with the default p = 0.5 it mixes on about half the steps, not measured "
+            f"separately) in crossdomain mode. Median of "
             f"{args.steps} steps per repeat, {args.repeats} repeats alternating with/without on the same model; "
             f"absolute milliseconds are for this machine only, the ratio is measured in the same run.\n\n{table}\n\n"
             f"Command: `{command()}`  \nMachine: {machine()}")

@@ -118,9 +118,10 @@ def table(results: dict, targets: Sequence[str], seeds: Sequence[int], markdown:
             row.append(fmt(vals) if not np.isnan(vals).any() else "missing")
         avgs = [np.mean([per_target[t][s] for t in targets]) for s in seeds
                 if all(s in per_target.get(t, {}) for t in targets)]
-        row.append(fmt(avgs) if len(avgs) == len(seeds) else "missing")
+        if len(targets) > 1:
+            row.append(fmt(avgs) if len(avgs) == len(seeds) else "missing")
         rows.append(row)
-    return report.format_table(rows, ["variant", *targets, "avg"], markdown=markdown)
+    return report.format_table(rows, ["variant", *targets] + (["avg"] if len(targets) > 1 else []), markdown=markdown)
 
 
 def plot(results: dict, targets: Sequence[str], seeds: Sequence[int], path: Path, title: str) -> Path | None:
