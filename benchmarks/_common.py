@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from leancnn.io import cache_dir
 from leancnn.report import machine_description as machine  # noqa: F401  (re-exported for the scripts)
@@ -23,3 +26,24 @@ def bench_dir(name: str) -> Path:
 
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def median_time(fn: Callable[[], object], steps: int, warmup: int = 3) -> float:
+    """Median seconds of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ratio_cells(base: Sequence[float], other: Sequence[float]) -> list[str]:
+    """Table cells for paired repeats (seconds): median base ms, median other ms, ratio of medians,
+    range of the per-repeat ratios, overhead in %."""
+    m_base, m_other = statistics.median(base), statistics.median(other)
+    ratios = sorted(o / b for b, o in zip(base, other))
+    return [f"{1e3 * m_base:.1f}", f"{1e3 * m_other:.1f}", f"{m_other / m_base:.3f}",
+            f"{ratios[0]:.3f}–{ratios[-1]:.3f}", f"{100 * (m_other / m_base - 1):+.1f}%"]

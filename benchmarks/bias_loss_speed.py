@@ -10,23 +10,19 @@ noisy); the table gives the median step time of each and their ratio, measured i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
-from _common import DOCS, command, machine
+from _common import DOCS, command, machine, median_time, ratio_cells
 
 from leancnn import BiasLoss, create_model, report
 from leancnn.data import DOMAINS, DigitsDataset
 from leancnn.nn import WithFeatures
 
 
-def step_time(net, loss_fn, x, y, opt, steps: int, features: bool) -> float:
-    """Median seconds per training step over ``steps`` steps (after 3 warm-up steps)."""
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
+def train_step(net, loss_fn, x, y, opt, features: bool):
+    """One training step as a closure for :func:`median_time`."""
+    def step():
         opt.zero_grad(set_to_none=True)
         if features:
             logits, feats = net(x)
@@ -35,9 +31,7 @@ def step_time(net, loss_fn, x, y, opt, steps: int, features: bool) -> float:
             loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return step
 
 
 def main() -> None:
@@ -63,14 +57,11 @@ def main() -> None:
         ce, bias = nn.CrossEntropyLoss(), BiasLoss()
         t_ce, t_bias = [], []
         for r in range(args.repeats):
-            t_ce.append(step_time(model, ce, x, y, opt, args.steps, features=False))
-            t_bias.append(step_time(tapped, bias, x, y, opt, args.steps, features=True))
+            t_ce.append(median_time(train_step(model, ce, x, y, opt, features=False), args.steps))
+            t_bias.append(median_time(train_step(tapped, bias, x, y, opt, features=True), args.steps))
             print(f"{name} repeat {r + 1}/{args.repeats}: CE {1e3 * t_ce[-1]:.1f} ms, Bias {1e3 * t_bias[-1]:.1f} ms",
                   flush=True)
-        m_ce, m_bias = statistics.median(t_ce), statistics.median(t_bias)
-        ratios = sorted(b / c for b, c in zip(t_bias, t_ce))
-        rows.append([name, f"{1e3 * m_ce:.1f}", f"{1e3 * m_bias:.1f}", f"{m_bias / m_ce:.3f}",
-                     f"{ratios[0]:.3f}–{ratios[-1]:.3f}", f"{100 * (m_bias / m_ce - 1):+.1f}%"])
+        rows.append([name, *ratio_cells(t_ce, t_bias)])
     table = report.format_table(rows, ["model", "CE step (ms, median)", "Bias Loss step (ms, median)",
                                        "ratio Bias / CE", "per-repeat ratio range", "overhead"], markdown=True)
     print(table)

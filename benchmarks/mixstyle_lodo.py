@@ -25,7 +25,7 @@ from _common import DOCS, ROOT, bench_dir, command, machine
 
 from leancnn import report
 from leancnn.config import read_yaml
-from leancnn.tasks.lodo import run_lodo
+from leancnn.tasks.lodo import run_lodo, table
 
 CNN_MS = "model.mixstyle.after=[conv1,conv2]"
 R20_MS = "model.mixstyle.after=[layer1,layer2]"
@@ -78,8 +78,6 @@ def main() -> None:
         img = DOCS / "img" / f"mixstyle_lodo_{study}.png"
         img.parent.mkdir(exist_ok=True)
         shutil.copyfile(out / "lodo.png", img)
-        from leancnn.tasks.lodo import table
-
         sections.append(f"**{TITLES[study]}** (`{config}` with {' '.join(common) or 'no overrides'}; variants: "
                         + "; ".join(f"{n}: `{' '.join(v[len(common):]) or '-'}`" for n, v in variants.items())
                         + f")\n\n{table(res, res['targets'], res['seeds'], markdown=True)}\n\n"

@@ -13,12 +13,10 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
-from _common import DOCS, command, machine
+from _common import DOCS, command, machine, median_time, ratio_cells
 
 from leancnn import create_model, report
 from leancnn.data import DigitsDataset
@@ -28,18 +26,15 @@ AFTER = {"digits_cnn": ["conv1", "conv2"], "resnet20": ["layer1", "layer2"],
          "mobilenetv3_small": ["blocks.0", "blocks.1"]}
 
 
-def step_time(model, x, y, opt, steps: int) -> float:
-    """Median seconds per training step over ``steps`` steps (after 3 warm-up steps)."""
+def train_step(model, x, y, opt):
+    """One training step (cross-entropy) as a closure for :func:`median_time`."""
     loss_fn = nn.CrossEntropyLoss()
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
+
+    def step():
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return step
 
 
 def main() -> None:
@@ -66,15 +61,12 @@ def main() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)  # small lr: the weights barely move
         t_off, t_on = [], []
         for r in range(args.repeats):
-            t_off.append(step_time(model, x, y, opt, args.steps))
+            t_off.append(median_time(train_step(model, x, y, opt), args.steps))
             with with_mixstyle(model):
-                t_on.append(step_time(model, x, y, opt, args.steps))
+                t_on.append(median_time(train_step(model, x, y, opt), args.steps))
             print(f"{name} repeat {r + 1}/{args.repeats}: without {1e3 * t_off[-1]:.1f} ms, "
                   f"with MixStyle {1e3 * t_on[-1]:.1f} ms", flush=True)
-        m_off, m_on = statistics.median(t_off), statistics.median(t_on)
-        ratios = sorted(n / f for n, f in zip(t_on, t_off))
-        rows.append([name, ", ".join(AFTER[name]), f"{1e3 * m_off:.1f}", f"{1e3 * m_on:.1f}", f"{m_on / m_off:.3f}",
-                     f"{ratios[0]:.3f}–{ratios[-1]:.3f}", f"{100 * (m_on / m_off - 1):+.1f}%"])
+        rows.append([name, ", ".join(AFTER[name]), *ratio_cells(t_off, t_on)])
     table = report.format_table(rows, ["model", "MixStyle after", "step without (ms, median)",
                                        "step with (ms, median)", "ratio with / without", "per-repeat ratio range",
                                        "overhead"], markdown=True)

@@ -16,7 +16,7 @@ from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
-from ..nn.mixstyle import insert_mixstyle
+from ..nn.mixstyle import deactivate_mixstyle, insert_mixstyle
 from ..nn.tap import WithFeatures
 from ..train import (
     DistContext,
@@ -148,16 +148,16 @@ def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_
             raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
                                f"data.domains_per_batch={domains_per_batch}")
         try:
-            dsampler = DomainBalancedSampler(domain_labels(ds), domains_per_batch, local // domains_per_batch,
-                                             seed=seed, rank=ctx.rank, world_size=ctx.world_size,
-                                             length=max(1, len(ds) // batch_size) * ctx.world_size)
+            chosen = DomainBalancedSampler(domain_labels(ds), domains_per_batch, local // domains_per_batch,
+                                           seed=seed, rank=ctx.rank, world_size=ctx.world_size,
+                                           length=max(1, len(ds) // batch_size) * ctx.world_size)
         except ValueError as e:
             raise LeancnnError(f"data.sampler=domain: {e}") from None
-        return DataLoader(ds, batch_size=local, sampler=dsampler, drop_last=True, num_workers=num_workers,
-                          persistent_workers=num_workers > 0)
-    dist_sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
-    drop_last = len(dist_sampler) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
-    return DataLoader(ds, batch_size=local, sampler=dist_sampler, drop_last=drop_last, num_workers=num_workers,
+        drop_last = True  # the sampler yields whole batches only
+    else:
+        chosen = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+        drop_last = len(chosen) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
+    return DataLoader(ds, batch_size=local, sampler=chosen, drop_last=drop_last, num_workers=num_workers,
                       persistent_workers=num_workers > 0)
 
 
@@ -187,8 +187,6 @@ def build_model(cfg: ExperimentConfig):
         except ValueError as e:
             raise LeancnnError(f"config section 'model.mixstyle': {e}") from None
         if cfg.semi.mode != "off":  # the semi-supervised trainer switches MixStyle on where it mixes
-            from ..nn.mixstyle import deactivate_mixstyle
-
             deactivate_mixstyle(model)
     return model
 

@@ -24,6 +24,7 @@ from ..models import get_model_entry
 from ..nn import count_macs, count_params
 from ..train import load_checkpoint, load_model_state
 from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
+from .lodo import run_lodo, table
 
 # The demo's built-in experiment; configs/demo.yaml is the same file (a test keeps them equal).
 DEMO_CONFIG = {
@@ -56,8 +57,6 @@ DEMO_LODO_VARIANTS = {
 
 def mixstyle_section(cfg: ExperimentConfig, out: Path) -> tuple[str, str]:
     """Leave-one-domain-out on one target with and without MixStyle; the section of the report."""
-    from .lodo import run_lodo, table
-
     base = copy.deepcopy(DEMO_LODO)
     base["train"]["threads"] = cfg.train.threads
     base["train"]["device"] = cfg.train.device

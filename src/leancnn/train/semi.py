@@ -22,7 +22,6 @@ are only read for this diagnostic), ``loss_x`` and ``loss_u``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import strong_augment, weak_augment
 from ..errors import LeancnnError
-from ..nn.mixstyle import mixstyle_modules, with_mixstyle, without_mixstyle
+from ..nn.mixstyle import with_mixstyle, without_mixstyle
 from .distributed import reduce_sum
 from .engine import Trainer, progress_enabled
 
@@ -58,12 +57,9 @@ class SemiTrainer(Trainer):
             raise LeancnnError(f"config key 'semi.threshold' must be in [0, 1], got {self.threshold}")
         if self.weight_u < 0:
             raise LeancnnError(f"config key 'semi.weight_u' must be >= 0, got {self.weight_u}")
-        self.has_mixstyle = bool(mixstyle_modules(self.model))
 
     def _mix(self, mix: str | None):
-        """MixStyle in ``mix`` mode (None: off) for the block; a no-op for models without MixStyle."""
-        if not self.has_mixstyle:
-            return contextlib.nullcontext()
+        """MixStyle in ``mix`` mode (None: off) for the block (a no-op for a model without MixStyle)."""
         return without_mixstyle(self.model) if mix is None else with_mixstyle(self.model, mix=mix)
 
     def _labeled_batches(self):
