@@ -103,7 +103,7 @@ def test_overrides_of_every_kind():
         "train.amp=false",
         "train.epochs=3",
         "optim.lr=1",  # an int is accepted for a float field and stored as float
-        "optim.betas=[0.5, 1]",
+        "optim.betas=[0.5, 0.75]",
         "schedule.milestones=[2, 4]",
         "model.kwargs={hidden: 16}",
         "name=my run",
@@ -113,7 +113,7 @@ def test_overrides_of_every_kind():
     assert cfg.data.augment is True and cfg.train.amp is False
     assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int
     assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
-    assert cfg.optim.betas == [0.5, 1.0] and all(type(b) is float for b in cfg.optim.betas)
+    assert cfg.optim.betas == [0.5, 0.75] and all(type(b) is float for b in cfg.optim.betas)
     assert cfg.schedule.milestones == [2, 4]
     assert cfg.model.kwargs == {"hidden": 16}
     assert cfg.name == "my run" and cfg.optim.name == "adamw"

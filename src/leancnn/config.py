@@ -8,6 +8,7 @@ wrong type fails with the key path and the allowed keys (or values). Command-lin
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -21,19 +22,88 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+SEED_MAX = 2**32  # numpy's seeds are 32-bit
+
+
+def rule(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **checks: Any) -> Any:
+    """A dataclass field with constraints, checked by :func:`from_dict` after the type (see :func:`_check_value`).
+
+    Numbers (or, for a list of numbers, each item): ``ge``, ``gt``, ``le``, ``lt``. Lists: ``min_len``,
+    ``max_len``, ``unique``. Strings: ``nonempty``, ``name`` (a plain name that stays one path component)."""
+    unknown = set(checks) - {"ge", "gt", "le", "lt", "min_len", "max_len", "unique", "nonempty", "name"}
+    if unknown:
+        raise TypeError(f"unknown rule(s) {sorted(unknown)}")  # a bug in a schema, not in user input
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"rules": checks})
+    return field(default=default, metadata={"rules": checks})
+
+
+_NOT_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _check_value(value: Any, rules: dict, path: str) -> None:
+    """Raise a :class:`ConfigError` naming ``path`` and the allowed range when ``value`` breaks a rule."""
+    if not rules:
+        return
+    if isinstance(value, list):
+        n = len(value)
+        lo, hi = rules.get("min_len"), rules.get("max_len")
+        if lo is not None and lo == hi and n != lo:
+            raise ConfigError(f"config key '{path}' needs exactly {lo} item(s), got {n}: {value!r}")
+        if lo is not None and n < lo:
+            raise ConfigError(f"config key '{path}' must not be empty" if lo == 1 else
+                              f"config key '{path}' needs at least {lo} items, got {n}")
+        if hi is not None and n > hi:
+            raise ConfigError(f"config key '{path}' takes at most {hi} items, got {n}")
+        if rules.get("unique"):
+            seen = set()
+            for v in value:
+                if v in seen:
+                    raise ConfigError(f"config key '{path}' lists {v!r} more than once: {value!r}")
+                seen.add(v)
+        for i, v in enumerate(value):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                _check_number(v, rules, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_number(value, rules, path)
+    elif isinstance(value, str):
+        if rules.get("nonempty") and not value.strip():
+            raise ConfigError(f"config key '{path}' must not be empty")
+        if rules.get("name") and (_NOT_IN_NAME.search(value) or value.strip() in ("", ".", "..")):
+            raise ConfigError(f"config key '{path}' must be a plain name that stays one directory level (no '/', "
+                              f"'\\' or control characters, not '.' or '..'), got {value!r}")
+
+
+def _check_number(v: float, rules: dict, path: str) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"config key '{path}' must be a finite number, got {v}")
+    ge, gt, le, lt = (rules.get(k) for k in ("ge", "gt", "le", "lt"))
+    lower = f"[{_fmt(ge)}" if ge is not None else f"({_fmt(gt)}" if gt is not None else "(-inf"
+    upper = f"{_fmt(le)}]" if le is not None else f"{_fmt(lt)})" if lt is not None else "inf)"
+    if ((ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le)
+            or (lt is not None and v >= lt)):
+        if upper == "inf)":
+            allowed = f">= {_fmt(ge)}" if ge is not None else f"> {_fmt(gt)}"
+            raise ConfigError(f"config key '{path}' must be {allowed}, got {_fmt(v)}")
+        raise ConfigError(f"config key '{path}' must be in {lower}, {upper}, got {_fmt(v)}")
+
 
 @dataclass
 class MixStyleConfig:
-    after: list[str] = field(default_factory=list)  # module names to apply MixStyle after; [] = no MixStyle
-    p: float = 0.5  # probability of mixing, per batch and insertion point
-    alpha: float = 0.1  # lambda ~ Beta(alpha, alpha)
+    after: list[str] = rule(factory=list, unique=True)  # module names to apply MixStyle after; [] = no MixStyle
+    p: float = rule(0.5, ge=0.0, le=1.0)  # probability of mixing, per batch and insertion point
+    alpha: float = rule(0.1, gt=0.0)  # lambda ~ Beta(alpha, alpha)
     mix: Literal["random", "crossdomain"] = "random"  # crossdomain needs data.sampler=domain
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
-    num_classes: int = 10
+    name: str = rule("resnet20", nonempty=True)
+    num_classes: int = rule(10, ge=1)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model builder
     mixstyle: MixStyleConfig = field(default_factory=MixStyleConfig)
 
@@ -41,51 +111,66 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: Literal["digits"] = "digits"
-    domains: list[str] = field(default_factory=lambda: ["mnist"])  # trained on (train/val splits)
-    test_domains: list[str] = field(default_factory=list)  # held-out domains; [] = test split of `domains`
+    domains: list[str] = rule(factory=lambda: ["mnist"], min_len=1, unique=True)  # trained on (train/val splits)
+    test_domains: list[str] = rule(factory=list, unique=True)  # held-out domains; [] = test split of `domains`
     test_split: Literal["all", "test"] = "all"  # split of test_domains tested on ("all" = the whole domain)
-    split_seed: int = 0
+    split_seed: int = rule(0, ge=0, lt=SEED_MAX)
     augment: bool = False
-    batch_size: int = 128  # global batch: divided between DDP ranks
-    eval_batch_size: int = 512
-    num_workers: int = 0
-    limit_train: int = 0  # >0: use only this many training samples (a fixed random subset); for quick runs
-    limit_eval: int = 0  # >0: same for the val and test sets
+    batch_size: int = rule(128, ge=1)  # global batch: divided between DDP ranks
+    eval_batch_size: int = rule(512, ge=1)
+    num_workers: int = rule(0, ge=0)
+    limit_train: int = rule(0, ge=0)  # >0: use only this many training samples (a fixed random subset); quick runs
+    limit_eval: int = rule(0, ge=0)  # >0: same for the val and test sets
     sampler: Literal["random", "domain"] = "random"  # domain: batches of domains_per_batch domains x k samples
-    domains_per_batch: int = 2  # for sampler=domain; 2 gives the [A | B] layout of MixStyle's crossdomain mode
-    labels_per_class: int = 0  # >0: keep only this many labelled images per class and training domain (SSDG)
+    domains_per_batch: int = rule(2, ge=1)  # for sampler=domain; 2 gives the [A | B] layout of crossdomain MixStyle
+    labels_per_class: int = rule(0, ge=0)  # >0: keep only this many labelled images per class and domain (SSDG)
+
+    def _check(self) -> None:
+        overlap = [d for d in self.test_domains if d in self.domains]
+        if overlap:
+            raise ConfigError(f"config key 'data.test_domains' repeats training domain(s) {', '.join(overlap)} of "
+                              "'data.domains'; held-out domains must differ ([] tests on the training domains)")
 
 
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = rule(0.05, gt=0.0)
+    momentum: float = rule(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = rule(5e-4, ge=0.0)
+    betas: list[float] = rule(factory=lambda: [0.9, 0.999], min_len=2, max_len=2, ge=0.0, lt=1.0)
+
+    def _check(self) -> None:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ConfigError("config key 'optim.nesterov' is true but 'optim.momentum' is 0: Nesterov needs momentum")
 
 
 @dataclass
 class ScheduleConfig:
     name: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_epochs: float = 0.0  # linear warm-up from warmup_start * lr, per step
-    warmup_start: float = 0.1
-    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1
-    min_lr: float = 0.0  # cosine floor
+    warmup_epochs: float = rule(0.0, ge=0.0)  # linear warm-up from warmup_start * lr, per step
+    warmup_start: float = rule(0.1, ge=0.0, le=1.0)
+    milestones: list[int] = rule(factory=list, ge=1, unique=True)  # multistep: epochs at which lr *= gamma
+    gamma: float = rule(0.1, gt=0.0)
+    min_lr: float = rule(0.0, ge=0.0)  # cosine floor
+
+    def _check(self) -> None:
+        if self.name == "multistep" and not self.milestones:
+            raise ConfigError("config key 'schedule.milestones' must list at least one epoch for the multistep "
+                              "schedule")
 
 
 @dataclass
 class LossConfig:
     name: Literal["ce", "bias"] = "ce"
-    label_smoothing: float = 0.0
+    label_smoothing: float = rule(0.0, ge=0.0, lt=1.0)
     # Bias Loss (name: bias); see docs/bias-loss.md
     alpha: float = 0.3
     beta: float = 0.3
     normalisation: Literal["local", "global"] = "local"  # local = the paper's per-batch min-max
     weight_form: Literal["paper", "legacy"] = "paper"  # legacy = the reference code before 2022
-    low_threshold: float = 0.1  # v_hat below this counts as a low-diversity sample in the diagnostics
+    low_threshold: float = rule(0.1, ge=0.0, le=1.0)  # v_hat below this counts as low-diversity in the diagnostics
     feature_layer: str = ""  # features from this module; "" = the model's forward_features
 
 
@@ -95,29 +180,29 @@ class SemiConfig:
     out by ``data.labels_per_class`` as unlabelled data; ``uda`` uses the train split of ``unlabeled_domains``."""
 
     mode: Literal["off", "ssdg", "uda"] = "off"
-    unlabeled_domains: list[str] = field(default_factory=list)  # uda; [] = data.test_domains
-    threshold: float = 0.95  # pseudo-label confidence threshold
-    weight_u: float = 1.0  # weight of the unlabelled loss
-    unlabeled_batch_size: int = 0  # 0 = data.batch_size (equal halves for labelled <-> unlabelled mixing)
+    unlabeled_domains: list[str] = rule(factory=list, unique=True)  # uda; [] = data.test_domains
+    threshold: float = rule(0.95, ge=0.0, le=1.0)  # pseudo-label confidence threshold
+    weight_u: float = rule(1.0, ge=0.0)  # weight of the unlabelled loss
+    unlabeled_batch_size: int = rule(0, ge=0)  # 0 = data.batch_size (equal halves for labelled <-> unlabelled mixing)
     mixstyle_labeled: bool = False  # also apply MixStyle (random) on the supervised labelled batch
     strong_augment: bool = True  # strong augmentation of the batch the unlabelled loss is computed on
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 0
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    epochs: int = rule(10, ge=1)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)
+    grad_clip: float = rule(0.0, ge=0.0)  # max global grad norm; 0 = off
     amp: bool = False  # mixed precision, CUDA only (ignored with a warning on CPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = rule(0, ge=0)  # torch intra-op threads; 0 = torch's default
     deterministic: bool = True  # deterministic kernels where the backend offers them
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = "experiment"
-    output_dir: str = "runs"
+    name: str = rule("experiment", name=True)  # one path level: the run directory is <output_dir>/<name>-<time>
+    output_dir: str = rule("runs", nonempty=True)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -125,6 +210,74 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+
+    def _check(self) -> None:
+        """Checks across sections that need no data and no model (those are in ``tasks/runs.py``)."""
+        if self.schedule.warmup_epochs > self.train.epochs:
+            raise ConfigError(f"config key 'schedule.warmup_epochs' ({_fmt(self.schedule.warmup_epochs)}) must "
+                              f"not exceed 'train.epochs' ({self.train.epochs})")
+        if self.schedule.name == "cosine" and self.schedule.min_lr > self.optim.lr:
+            raise ConfigError(f"config key 'schedule.min_lr' ({_fmt(self.schedule.min_lr)}) must not exceed "
+                              f"'optim.lr' ({_fmt(self.optim.lr)})")
+        ms, data = self.model.mixstyle, self.data
+        if ms.after and ms.mix == "crossdomain" and self.semi.mode == "off" and (
+                data.sampler != "domain" or data.domains_per_batch != 2):
+            raise ConfigError(
+                "model.mixstyle.mix=crossdomain pairs the two halves of a batch, so the batches must be laid out "
+                "[domain A | domain B]: set data.sampler=domain and data.domains_per_batch=2 "
+                f"(got data.sampler={data.sampler}, data.domains_per_batch={data.domains_per_batch})")
+        if data.sampler == "domain":
+            if len(data.domains) < 2:
+                raise ConfigError("config key 'data.sampler' is 'domain' but 'data.domains' has only one domain: "
+                                  "the domain-balanced sampler needs at least two")
+            if data.domains_per_batch > len(data.domains):
+                raise ConfigError(f"config key 'data.domains_per_batch' is {data.domains_per_batch} but "
+                                  f"'data.domains' has only {len(data.domains)} domains")
+            if data.batch_size % data.domains_per_batch:
+                raise ConfigError(f"config key 'data.batch_size' ({data.batch_size}) must be a multiple of "
+                                  f"data.domains_per_batch={data.domains_per_batch} with data.sampler=domain")
+        semi = self.semi
+        if semi.mode == "off":
+            return
+        if self.loss.name != "ce":
+            raise ConfigError("semi-supervised training (semi.mode) uses cross-entropy; set loss.name=ce")
+        if semi.mode == "ssdg" and data.labels_per_class <= 0:
+            raise ConfigError("semi.mode=ssdg needs data.labels_per_class > 0 (the labelled images per class and "
+                              "domain; the rest of the training split is the unlabelled data)")
+        if semi.mode == "uda" and not (semi.unlabeled_domains or data.test_domains):
+            raise ConfigError("semi.mode=uda needs unlabelled target domains: set semi.unlabeled_domains or "
+                              "data.test_domains")
+        u_batch = semi.unlabeled_batch_size or data.batch_size
+        if ms.after and u_batch != data.batch_size:
+            raise ConfigError(
+                f"semi.unlabeled_batch_size={u_batch} differs from data.batch_size={data.batch_size}: "
+                "labelled <-> unlabelled crossdomain MixStyle needs two equal halves; set it to 0")
+
+
+# Keys that change how a run executes but not what it computes: ignored by run fingerprints (a finished run is
+# reused whatever they are) and free to change on --resume.
+RUNTIME_KEYS = ("name", "output_dir", "data.eval_batch_size", "data.num_workers", "train.threads")
+# Keys that may change on --resume (besides RUNTIME_KEYS): more (or as many) epochs, another device.
+RESUMABLE_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.device")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (mappings of free keys, like ``model.kwargs``, stay values)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "model.kwargs":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: Any, new: Any, ignore: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for every key that differs between two configs, except ``ignore``."""
+    a, b = flatten(to_dict(old) if not isinstance(old, dict) else old), flatten(
+        to_dict(new) if not isinstance(new, dict) else new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -210,9 +363,15 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown config key '{key_path}'; allowed keys at {where}: " + ", ".join(fields))
+            raise ConfigError(f"unknown config key {key_path!r}; allowed keys at {where}: " + ", ".join(fields))
         kwargs[key] = _convert(value, hints[key], key_path)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for name, f in fields.items():  # defaults too: a schema's defaults must pass its own rules
+        _check_value(getattr(obj, name), f.metadata.get("rules", {}), f"{path}.{name}" if path else name)
+    check = getattr(obj, "_check", None)
+    if check is not None:
+        check()
+    return obj
 
 
 def to_dict(cfg: Any) -> dict:
@@ -248,7 +407,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return parts, value
 
 
