@@ -15,7 +15,8 @@ Control (``mnistm`` only): cross-entropy with the learning rate multiplied by th
 same seed's Bias Loss run: Bias Loss also scales the whole loss down (z < 1), which lowers the effective
 learning rate; the control separates that from the per-sample reweighting.
 Each run is `leancnn train -c configs/bias_loss_digits.yaml model.name=M loss.name=L train.seed=S ...`;
-finished runs are kept under $LEANCNN_CACHE/bench/bias_loss_digits and skipped when run again.
+finished runs are kept under $LEANCNN_CACHE/bench/bias_loss_digits and reused when run again if their fingerprint
+(config and data) matches; a run of another config is trained again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from _common import DOCS, ROOT, bench_dir, command, machine
 
 from leancnn import report
 from leancnn.config import load_config
-from leancnn.tasks.classify import train
+from leancnn.tasks.classify import run_fingerprint, train_cached
+from leancnn.tasks.runs import cached_run_state
 
 SETTINGS = {
     "mnistm": ["data.domains=[mnistm]", "data.test_domains=[]"],
@@ -49,8 +51,8 @@ def mean_bias_weight(setting: str, model: str, seed: int, epochs: int) -> float:
     return sum(r["bias_mean_weight"] for r in history) / len(history)
 
 
-def run_one(setting: str, model: str, loss: str, seed: int, epochs: int, threads: int) -> None:
-    print(f"== {setting}: {model}, {loss}, seed {seed}", flush=True)
+def job_config(setting: str, model: str, loss: str, seed: int, epochs: int, threads: int):
+    """The config of one run (the lr-matched control needs its Bias Loss run to be finished)."""
     base = ROOT / "configs/bias_loss_digits.yaml"
     overrides = SETTINGS[setting] + [f"model.name={model}", f"train.seed={seed}", f"train.epochs={epochs}",
                                      f"train.threads={threads}"]
@@ -59,10 +61,18 @@ def run_one(setting: str, model: str, loss: str, seed: int, epochs: int, threads
         overrides += ["loss.name=ce", f"optim.lr={lr}"]
     else:
         overrides.append(f"loss.name={loss}")
-    train(load_config(base, overrides), out=run_dir(setting, model, loss, seed, epochs), quiet=True)
+    return load_config(base, overrides)
+
+
+def run_one(setting: str, model: str, loss: str, seed: int, epochs: int, threads: int) -> dict:
+    """Reuse the cached run when its fingerprint matches (threads do not count), else train it."""
+    print(f"== {setting}: {model}, {loss}, seed {seed}", flush=True)
+    return train_cached(job_config(setting, model, loss, seed, epochs, threads), run_dir(setting, model, loss, seed,
+                                                                                         epochs))
 
 
 def score(summary: dict) -> float:
+    """Held-out accuracy: the unweighted mean over target domains ("mean"), or the one domain's."""
     test = summary["test"]
     return test["mean"]["acc"] if "mean" in test else next(iter(test.values()))["acc"]
 
@@ -80,7 +90,10 @@ def main() -> None:
     args = ap.parse_args()
     shard, shards = (int(v) for v in args.shard.split("/"))
     def done(job) -> bool:
-        return (run_dir(*job, args.epochs) / "summary.json").exists()
+        if job[2] == CONTROL and not done((job[0], job[1], "bias", job[3])):
+            return False
+        cfg = job_config(*job, args.epochs, args.threads)
+        return cached_run_state(run_dir(*job, args.epochs), run_fingerprint(cfg)).action == "done"
 
     jobs = [(st, m, loss, seed) for st in args.settings for m in args.models for seed in args.seeds for loss in LOSSES]
     for job in [j for j in jobs if not done(j)][shard::shards]:
@@ -101,10 +114,12 @@ def main() -> None:
             per_target = {loss: {} for loss in variants}
             for seed in args.seeds:
                 for loss in variants:
-                    s = json.loads((run_dir(setting, model, loss, seed, args.epochs) / "summary.json").read_text())
+                    s = train_cached(job_config(setting, model, loss, seed, args.epochs, args.threads),
+                                     run_dir(setting, model, loss, seed, args.epochs))  # finished: reused
                     acc[loss].append(score(s))
-                    for domain, r in s["test"].items():
-                        per_target[loss].setdefault(domain, []).append(r["acc"])
+                    for domain, r in s["test"].items():  # the targets and their unweighted "mean"
+                        if domain != "all":  # pooled over images: not a target
+                            per_target[loss].setdefault(domain, []).append(r["acc"])
             diffs = [b - c for b, c in zip(acc["bias"], acc["ce"])]
             row = [model, report.fmt_mean_std(acc["ce"]), report.fmt_mean_std(acc["bias"]),
                    ", ".join(f"{100 * d:+.2f}" for d in diffs), report.fmt_mean_std(diffs), sum(d > 0 for d in diffs)]

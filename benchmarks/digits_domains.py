@@ -3,13 +3,13 @@
     python benchmarks/digits_domains.py [--seeds 0 1 2] [--epochs 10] [--domains mnist mnistm syn uci]
 
 Each run is `leancnn train -c configs/resnet20_digits.yaml data.domains=[D] train.seed=S`; finished runs are
-kept under $LEANCNN_CACHE/bench/digits_domains and skipped when the script is run again.
+kept under $LEANCNN_CACHE/bench/digits_domains and reused when the script is run again, if their fingerprint
+(config and data) still matches.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -18,7 +18,7 @@ from _common import DOCS, ROOT, bench_dir, command, machine
 from leancnn import report
 from leancnn.config import load_config
 from leancnn.data import DOMAINS
-from leancnn.tasks.classify import train
+from leancnn.tasks.classify import train_cached
 
 
 def main() -> None:
@@ -34,12 +34,10 @@ def main() -> None:
         accs = []
         for seed in args.seeds:
             run = out / f"{domain}-e{args.epochs}-s{seed}"
-            if not (run / "summary.json").exists():
-                print(f"== {domain}, seed {seed}", flush=True)
-                cfg = load_config(ROOT / "configs/resnet20_digits.yaml",
-                                  [f"data.domains=[{domain}]", f"train.seed={seed}", f"train.epochs={args.epochs}"])
-                train(cfg, out=run, quiet=True)
-            summary = json.loads((run / "summary.json").read_text())
+            print(f"== {domain}, seed {seed}", flush=True)
+            cfg = load_config(ROOT / "configs/resnet20_digits.yaml",
+                              [f"data.domains=[{domain}]", f"train.seed={seed}", f"train.epochs={args.epochs}"])
+            summary = train_cached(cfg, run)  # reused when its fingerprint matches
             accs.append(summary["test"][domain]["acc"])
         n_test = summary["test"][domain]["n"]
         rows.append([domain, n_test, report.fmt_mean_std(accs), ", ".join(f"{100 * a:.2f}" for a in accs)])

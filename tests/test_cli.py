@@ -14,15 +14,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import ConcatDataset
 
+import leancnn
 from leancnn.cli import main
 from leancnn.config import ConfigError, load_config, to_dict
+from leancnn.data import DigitsDataset, digits
+from leancnn.data.digits import grid_suffixes
 from leancnn.models import list_models
+from leancnn.tasks.classify import build_model, config_from_checkpoint, eval_loader, evaluate_checkpoint
+from leancnn.train import evaluate, load_model_state
 from leancnn.train.checkpoint import load_checkpoint
 
 LEANCNN = Path(sys.executable).with_name("leancnn")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "curves.png"}
+RUN_FILES = {"config.yaml", "fingerprint.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "curves.png"}
 
 
 def cli(capsys, *argv) -> SimpleNamespace:
@@ -83,6 +89,13 @@ def test_main_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("models", "data", "train", "evaluate", "demo", "--debug"):
         assert command in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"leancnn {leancnn.__version__}\n" == "leancnn 0.1.0\n"
 
 
 def test_no_command_is_a_usage_error(capsys):
@@ -158,6 +171,87 @@ def test_data_grid_writes_png(capsys, tmp_path):
     assert r.code == 0 and str(path) in r.out
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temp file left behind
+
+
+@pytest.fixture
+def no_domain_loading(monkeypatch):
+    """Fail the test if a domain is loaded (or built): errors must come before any work."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a domain was loaded before the arguments were checked")
+
+    monkeypatch.setattr(digits, "load_domain", fail)
+
+
+@pytest.mark.parametrize("count", [0, -1, 101, 100000])
+def test_data_grid_per_domain_is_bounded(capsys, tmp_path, no_domain_loading, count):
+    msg = one_error_line(cli(capsys, "data", "grid", "-o", tmp_path / "g.png", "--per-domain", count), "data")
+    assert msg == f"--per-domain must be between 1 and 100, got {count}"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("", "-o/--out is empty; give a file name ending in one of: {allowed}"),
+    ("g.gif", "-o/--out '{path}' has suffix '.gif', which names no supported image format; allowed suffixes: {allowed}"),
+    ("grid", "-o/--out '{path}' has no suffix, which names no supported image format; allowed suffixes: {allowed}"),
+], ids=["empty", "gif", "no-suffix"])
+def test_data_grid_bad_output_path(capsys, tmp_path, no_domain_loading, name, expected):
+    path = str(tmp_path / name) if name else ""
+    msg = one_error_line(cli(capsys, "data", "grid", "uci", "-o", path), "data")
+    assert msg == expected.format(path=path, allowed=", ".join(grid_suffixes()))
+    assert ".png, .jpg, .jpeg, .pdf, .svg" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_grid_unknown_domain_writes_nothing(capsys, tmp_path, no_domain_loading):
+    msg = one_error_line(cli(capsys, "data", "grid", "uci", "nope", "-o", tmp_path / "g.png"), "data")
+    assert msg == "unknown dataset 'nope'; choose from: mnist, mnistm, syn, uci"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".JPEG", ".pdf", ".svg", ".webp"])
+def test_data_grid_writes_the_format_its_suffix_names(capsys, tmp_path, suffix):
+    if suffix.lower() not in grid_suffixes():
+        pytest.skip(f"this Pillow cannot write {suffix}")
+    path = tmp_path / f"grid{suffix}"
+    r = cli(capsys, "data", "grid", "uci", "-o", path, "--per-domain", "2")
+    assert r.code == 0, r.err
+    data = path.read_bytes()
+    magic = {".png": data[:8] == PNG_MAGIC, ".jpg": data[:3] == b"\xff\xd8\xff", ".JPEG": data[:3] == b"\xff\xd8\xff",
+             ".pdf": data[:5] == b"%PDF-", ".svg": b"<svg" in data[:2000],
+             ".webp": data[:4] == b"RIFF" and data[8:12] == b"WEBP"}
+    assert magic[suffix], data[:16]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_data_grid_largest_row(capsys, tmp_path):
+    path = tmp_path / "g.png"
+    assert cli(capsys, "data", "grid", "uci", "-o", path, "--per-domain", "100").code == 0
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.width == 10060 and im.height == 115  # (1.0 * 100 + 0.6) x 1.15 inches at 100 dpi
+
+
+def test_data_prepare_unknown_domain_builds_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEANCNN_CACHE", str(tmp_path))
+    msg = one_error_line(cli(capsys, "data", "prepare", "uci", "nope"), "data")
+    assert msg == "unknown dataset 'nope'; choose from: mnist, mnistm, syn, uci"
+    assert not (tmp_path / "digits").exists()
+
+
+def test_data_prepare_progress_only_on_a_terminal(capsys, tmp_path, monkeypatch):
+    plain = cli(capsys, "data", "prepare", "uci", "mnist")
+    assert plain.code == 0 and plain.err == ""  # stdout is not a terminal: no bar
+    assert table_rows(plain.out)["uci"][0] == "1797" and table_rows(plain.out)["mnist"][0] == "5000"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    bars = cli(capsys, "data", "prepare", "uci", "mnist")
+    assert bars.code == 0 and bars.out == plain.out  # the bar goes to stderr only
+    assert bars.err.startswith("\rdomains:")
+    monkeypatch.setenv("LEANCNN_CACHE", str(tmp_path))  # an empty cache: syn is rendered, with its own bar
+    built = cli(capsys, "data", "prepare", "syn")
+    assert built.code == 0 and table_rows(built.out)["syn"][0] == "5000"
+    assert "rendering syn" in built.err and "/5000" in built.err
+    assert (tmp_path / "digits" / "syn-v1.npz").is_file()
 
 
 # ----------------------------------------------------------------------------------------- train: errors
@@ -279,9 +373,42 @@ def test_evaluate_other_domains(capsys, run):
     r = cli(capsys, "evaluate", run.path / "last.pt", "--domains", "syn", "uci")
     assert r.code == 0, r.err
     rows = table_rows(r.out)
-    assert [rows[d][0] for d in ("syn", "uci", "mean")] == ["750", "269", "1019"]
-    accs = {d: float(rows[d][1].rstrip("%")) for d in ("syn", "uci", "mean")}
-    assert accs["mean"] == pytest.approx((accs["syn"] + accs["uci"]) / 2, abs=0.011)
+    names = ("syn", "uci", "mean (per domain)", "all (pooled)")
+    assert list(rows)[1:] == list(names)
+    assert [rows[d][0] for d in names] == ["750", "269", "-", "1019"]  # a mean over domains counts no images
+    accs = {d: float(rows[d][1].rstrip("%")) for d in names}
+    losses = {d: float(rows[d][2]) for d in names}
+    assert accs["mean (per domain)"] == pytest.approx((accs["syn"] + accs["uci"]) / 2, abs=0.011)
+    assert losses["mean (per domain)"] == pytest.approx((losses["syn"] + losses["uci"]) / 2, abs=1.1e-4)
+    assert accs["all (pooled)"] == pytest.approx((750 * accs["syn"] + 269 * accs["uci"]) / 1019, abs=0.011)
+    assert losses["all (pooled)"] == pytest.approx((750 * losses["syn"] + 269 * losses["uci"]) / 1019, abs=1.1e-4)
+
+
+def test_evaluate_pooled_entry_is_image_weighted(run):
+    res = evaluate_checkpoint(run.path / "last.pt", ["syn", "uci"], device="cpu", progress=False)
+    syn, uci = res["syn"], res["uci"]
+    assert (syn["n"], uci["n"]) == (750, 269)
+    assert res["mean"] == {"acc": (syn["acc"] + uci["acc"]) / 2, "loss": (syn["loss"] + uci["loss"]) / 2, "n": None}
+    # "all" = one pass over the 1019 images of both test splits together
+    state = load_checkpoint(run.path / "last.pt")
+    model = build_model(config_from_checkpoint(state))
+    load_model_state(model, state, "last.pt")
+    both = ConcatDataset([DigitsDataset([d], "test") for d in ("syn", "uci")])
+    pooled = evaluate(model, eval_loader(both, 100), torch.device("cpu"))
+    assert res["all"]["n"] == pooled["n"] == 1019
+    assert res["all"]["acc"] == pooled["acc"]  # the same correct count over the same 1019 images
+    assert res["all"]["acc"] == (round(750 * syn["acc"]) + round(269 * uci["acc"])) / 1019
+    assert res["all"]["loss"] == pytest.approx(pooled["loss"], rel=1e-6)
+    assert res["all"]["loss"] == pytest.approx((750 * syn["loss"] + 269 * uci["loss"]) / 1019, rel=1e-12)
+
+
+def test_evaluate_progress_only_on_a_terminal(capsys, run, monkeypatch):
+    plain = cli(capsys, "evaluate", run.path, "--domains", "uci", "syn")
+    assert plain.code == 0 and plain.err == ""  # stdout is not a terminal: no bar
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    bars = cli(capsys, "evaluate", run.path, "--domains", "uci", "syn")
+    assert bars.code == 0 and bars.out == plain.out  # the table is the same; the bars go to stderr
+    assert "test uci" in bars.err and "test syn" in bars.err
 
 
 def test_evaluate_unknown_domain(capsys, run):
@@ -315,8 +442,8 @@ def run_copy(run, tmp_path):
 def test_resume_with_another_architecture(capsys, run_copy):
     before = {name: (run_copy / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.jsonl")}
     msg = one_error_line(cli(capsys, "train", "--resume", run_copy / "last.pt", "model.name=resnet20"), "train")
-    assert msg.startswith(f"checkpoint '{run_copy / 'last.pt'}' holds weights of model 'digits_cnn', "
-                          "which do not fit model 'resnet20': ")
+    assert msg.startswith(f"cannot resume checkpoint '{run_copy / 'last.pt'}' with 'model.name' changed "
+                          "('digits_cnn' in the checkpoint, 'resnet20' now)")
     assert {name: (run_copy / name).read_bytes() for name in before} == before
 
 
@@ -358,6 +485,11 @@ def test_process_exit_code_and_single_error_line(tmp_path, argv, start):
     assert p.stdout == ""
     assert p.stderr.startswith(start) and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["garbage.pt"]
+
+
+def test_process_version(tmp_path):
+    p = leancnn_process("--version", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout == f"leancnn {leancnn.__version__}\n" and p.stderr == ""
 
 
 def test_process_help_exits_0(tmp_path):

@@ -33,6 +33,9 @@ def test_demo_writes_report(tmp_path, capsys):
     assert "epochs: 1" in report  # the resolved config, overrides applied
     # stage 2: leave-one-domain-out on mnistm without / with MixStyle, shortened by the same overrides
     assert "## MixStyle: leave-one-domain-out" in report and "256 training images, 1 epochs" in report
+    # the held-out test was cut by data.limit_eval: the report says so, not "the whole held-out domain"
+    assert "tested on 64 of the 5,000 images of the held-out domain mnistm, drawn at random (data.limit_eval=64)" \
+        in report and "whole held-out" not in report
     for variant in ("vanilla", "MixStyle-random", "MixStyle-crossdomain"):
         assert f"| {variant}" in report
         assert (out / "lodo" / variant / "mnistm" / "seed0" / "summary.json").is_file()

@@ -11,16 +11,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from leancnn.cli import main as cli_main
-from leancnn.config import ExperimentConfig, apply_overrides, from_dict
+from leancnn.config import DataConfig, ExperimentConfig, apply_overrides, from_dict
 from leancnn.data import DigitsDataset
 from leancnn.data.augment import cutout, strong_augment, weak_augment
 from leancnn.errors import LeancnnError
 from leancnn.nn.mixstyle import MixStyle, mixstyle_modules
-from leancnn.tasks.classify import build_datasets, build_model, build_unlabeled, labeled_split, train, train_loader
+from leancnn.tasks.classify import (
+    build_datasets,
+    build_model,
+    build_unlabeled,
+    held_out_wording,
+    labeled_split,
+    train,
+    train_loader,
+)
 from leancnn.tasks.lodo import parse_variant, plan, run_lodo
 from leancnn.train import DistContext, load_checkpoint
+from leancnn.train.semi import SemiTrainer
 
 HERE = Path(__file__).parent
 
@@ -68,10 +78,10 @@ def test_mixstyle_changes_training_but_not_evaluation(tiny_overrides):
     ([*CROSS, "data.domains_per_batch=3"], "data.domains_per_batch=2"),
     ([*CROSS, "data.domains=[mnist]"], "at least two"),
     (["model.mixstyle.after=[conv9]"], "valid names include: conv1, conv1.0"),
-    ([*MS, "model.mixstyle.p=1.5"], "p must be in [0, 1]"),
-    ([*MS, "model.mixstyle.alpha=0"], "alpha must be > 0"),
+    ([*MS, "model.mixstyle.p=1.5"], "'model.mixstyle.p' must be in [0, 1], got 1.5"),
+    ([*MS, "model.mixstyle.alpha=0"], "'model.mixstyle.alpha' must be > 0, got 0"),
     ([*MS, "model.mixstyle.mix=sideways"], "allowed values: random, crossdomain"),
-    (["data.sampler=domain", "data.batch_size=63"], "multiple of data.domains_per_batch"),
+    (["data.sampler=domain", "data.batch_size=63"], "must be a multiple of data.domains_per_batch=2"),
 ])
 def test_bad_mixstyle_settings_fail_before_the_run_dir_exists(tmp_path, tiny_overrides, overrides, message):
     with pytest.raises((LeancnnError, ValueError)) as e:
@@ -259,3 +269,72 @@ def test_lodo_cli_bad_input(tmp_path, capsys):
     assert cli_main(["lodo", "--targets", "svhn", "-o", str(tmp_path)]) == 2
     assert "unknown target domain 'svhn'" in capsys.readouterr().err
     assert cli_main(["lodo", "--shard", "3", "-o", str(tmp_path)]) == 2
+
+
+# ----------------------------------------------------------------------------------------- reports say what was measured
+
+
+class BoundedLogits(torch.nn.Module):
+    """A linear classifier with logits in [-1, 1]: its softmax never exceeds e / (e + 9 / e) = 0.45."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 10)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x.flatten(1)))
+
+
+@pytest.mark.parametrize("threshold", [0.95, 0.0])
+def test_semi_pseudo_acc_is_null_without_confident_pseudo_labels(tmp_path, capsys, threshold):
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 3, 2, 2), torch.randint(0, 10, (48,))
+    model = BoundedLogits()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays as it is: pseudo-labels are known
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    trainer = SemiTrainer(model, torch.nn.CrossEntropyLoss(), opt, sched,
+                          DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8), None, 1, tmp_path,
+                          torch.device("cpu"), unlabeled_loader=DataLoader(TensorDataset(x[16:], y[16:]), batch_size=8),
+                          threshold=threshold, weak=lambda t: t, strong=lambda t: t)
+    trainer.fit()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    rec = json.loads(line)
+    out = capsys.readouterr().out
+    if threshold > 0:  # no unlabelled sample is confident: no accuracy to report, not 0
+        assert '"semi_pseudo_acc": null' in line and rec["semi_pseudo_acc"] is None
+        assert rec["semi_mask_rate"] == 0.0 and rec["loss_u"] == 0.0
+        assert "confident 0.0% (pseudo-label acc n/a)" in out
+    else:  # every unlabelled sample is confident: the accuracy of the fixed model's predictions on them
+        with torch.no_grad():
+            right = int((model(x[16:]).argmax(1) == y[16:]).sum())
+        assert right > 0 and rec["semi_mask_rate"] == 1.0 and rec["semi_pseudo_acc"] == right / 32
+        assert f"confident 100.0% (pseudo-label acc {right / 32:.3f})" in out
+
+
+def test_held_out_wording():
+    assert held_out_wording("uci", 1797, DataConfig()) == "the whole held-out domain uci (1,797 images)"
+    assert held_out_wording("uci", 128, DataConfig(limit_eval=128)) == (
+        "128 of the 1,797 images of the held-out domain uci, drawn at random (data.limit_eval=128)")
+    assert held_out_wording("uci", 269, DataConfig(test_split="test")) == (
+        "the test split of the held-out domain uci (269 images)")
+    assert held_out_wording("uci", 100, DataConfig(test_split="test", limit_eval=100)) == (
+        "100 of the 269 images of the test split of the held-out domain uci, drawn at random (data.limit_eval=100)")
+
+
+def test_lodo_report_says_what_was_tested(tmp_path, tiny_overrides):
+    base = apply_overrides({}, list(tiny_overrides))  # data.limit_eval=128
+    res = run_lodo(base, {"cut": [], "whole": ["data.limit_eval=0"]}, tmp_path / "a", targets=["uci"], seeds=[0],
+                   domains=["mnist", "uci"])
+    cut = "128 of the 1,797 images of the held-out domain uci, drawn at random (data.limit_eval=128)"
+    assert res["tested_on"] == {"uci": f"cut: {cut}; whole: the whole held-out domain uci (1,797 images)"}
+    assert f"Tested on {res['tested_on']['uci']}." in (tmp_path / "a" / "lodo.md").read_text()
+    assert json.loads((tmp_path / "a" / "lodo.json").read_text())["tested_on"] == res["tested_on"]
+
+    res = run_lodo(base, {"run": []}, tmp_path / "b", targets=["uci"], seeds=[0], domains=["mnist", "uci"])
+    md = (tmp_path / "b" / "lodo.md").read_text()
+    assert "whole" not in md and f"Tested on {cut}." in md
+
+    split = apply_overrides(base, ["data.limit_eval=0", "data.test_split=test"])
+    run_lodo(split, {"run": []}, tmp_path / "c", targets=["uci"], seeds=[0], domains=["mnist", "uci"])
+    md = (tmp_path / "c" / "lodo.md").read_text()
+    assert "whole" not in md and "Tested on the test split of the held-out domain uci (269 images)." in md

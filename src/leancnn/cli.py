@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leancnn", description="Compact convolutional networks, from training to deployment.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"leancnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="table of registered models with parameters and MACs",
@@ -35,19 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("inspect", help="describe one domain: size, classes, per-class counts, splits")
     q.add_argument("name")
     q.add_argument("--seed", type=int, default=0, help="split seed")
-    q = dsub.add_parser("grid", help="write a PNG grid of samples, one row per domain")
+    q = dsub.add_parser("grid", help="write an image grid of samples, one row per domain")
     q.add_argument("names", nargs="*", help="domains (default: all)")
-    q.add_argument("-o", "--out", default="digits-grid.png", help="PNG path (default: digits-grid.png)")
-    q.add_argument("--per-domain", type=int, default=10, help="samples per row (default 10: one per class)")
+    q.add_argument("-o", "--out", default="digits-grid.png", help="image path; its suffix picks the format: "
+                                                                  ".png, .jpg/.jpeg, .pdf, .svg, .webp "
+                                                                  "(default: digits-grid.png)")
+    q.add_argument("--per-domain", type=int, default=10, help="samples per row, 1 to 100 "
+                                                              "(default 10: one per class)")
     q.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train a model. Single process by default; under "
                                    "`torchrun --nproc_per_node=N -m leancnn train ...` the same command trains with DDP.")
     _add_config_args(p)
-    p.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
+    p.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>; with --resume, the "
+                                       "checkpoint's directory)")
     p.add_argument("--resume", help="checkpoint (or run directory) to continue exactly; its config is used "
-                                    "unless -c is given")
+                                    "unless -c is given. Only train.epochs, train.device, train.threads, "
+                                    "data.num_workers, data.eval_batch_size, name and output_dir may change")
+    p.add_argument("--force", action="store_true", help="replace the run that -o already holds (its checkpoints, "
+                                                        "metrics and summary are deleted once the new run starts)")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train with DDP in N processes on this machine (the same as torchrun "
+                        "--nproc_per_node=N -m leancnn train ..., with the config checked once before any starts)")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test (or another) split",
                        description="Evaluate a checkpoint. By default on the test sets of the run's domains.")
@@ -60,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lodo", help="leave-one-domain-out: train on all domains but one, test on it; table",
                        description="Leave-one-domain-out protocol on the digit domains: for every target domain, "
-                                   "train on the others and test on the whole held-out domain, for each seed and "
-                                   "variant. Finished runs are reused, interrupted ones resumed. Prints the "
-                                   "per-target table (mean ± std over seeds) and the average; writes lodo.md, "
-                                   "lodo.json and lodo.png into the output directory.")
+                                   "train on the others and test on the held-out domain (the whole domain, unless "
+                                   "data.limit_eval draws a random subset of it or data.test_split=test takes its "
+                                   "test split; lodo.md says which), for each seed and variant. Finished runs "
+                                   "are reused, interrupted ones resumed. Prints the per-target table (mean ± std "
+                                   "over seeds) and the average; writes lodo.md, lodo.json and lodo.png into the "
+                                   "output directory.")
     _add_config_args(p)
     p.add_argument("-o", "--out", help="output directory (default: <output_dir>/lodo-<config name>)")
     p.add_argument("--targets", nargs="+", help="held-out domains (default: all of mnist, mnistm, syn, uci)")
@@ -80,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs/demo-<time>/report.md with a results table and the training curves.")
     _add_config_args(p)
     p.add_argument("-o", "--out", help="run directory (default: runs/demo-<time>)")
+    p.add_argument("--force", action="store_true", help="replace the demo that -o already holds")
     return parser
 
 
@@ -101,19 +119,18 @@ def _run(args: argparse.Namespace) -> int:
         elif args.action == "inspect":
             print(catalog.inspect_text(args.name, args.seed))
         else:
-            from .data import DOMAINS, sample_grid
-
-            path = sample_grid(args.names or list(DOMAINS), args.out, per_domain=args.per_domain, seed=args.seed)
+            path = catalog.write_sample_grid(args.names, args.out, per_domain=args.per_domain, seed=args.seed)
             print(f"sample grid written to {path}")
     elif args.command == "train":
-        from .tasks.classify import resolve_train_config, train
+        from .tasks.classify import train_command
 
-        cfg, out = resolve_train_config(args.config, args.overrides, args.resume, args.out)
-        train(cfg, out=out, resume=args.resume)
+        return train_command(args.config, args.overrides, args.resume, args.out, args.force, args.nproc_per_node,
+                             args.debug)
     elif args.command == "evaluate":
         from .tasks.classify import evaluate_checkpoint, test_rows
+        from .tasks.runs import check_path_arg
 
-        path = Path(args.checkpoint)
+        path = check_path_arg(args.checkpoint, "checkpoint")
         if path.is_dir():
             path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
         results = evaluate_checkpoint(path, args.domains, args.split, args.device, args.plot_variance)
@@ -123,16 +140,17 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "lodo":
         from .config import apply_overrides, read_yaml
         from .tasks.lodo import parse_variant, run_lodo
+        from .tasks.runs import check_path_arg
 
         base = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
-        variants = dict(parse_variant(v) for v in (args.variant or ["run"]))
+        variants = [parse_variant(v) for v in (args.variant or ["run"])]
         try:
             shard = tuple(int(v) for v in args.shard.split("/"))
             assert len(shard) == 2
         except (ValueError, AssertionError):
             raise LeancnnError(f"--shard {args.shard!r}: expected I/N, e.g. 0/2") from None
-        out = args.out or Path(base.get("output_dir", "runs")) / f"lodo-{base.get('name', 'experiment')}"
-        results = run_lodo(base, variants, out, args.targets, args.seeds, shard)
+        out = args.out if args.out is not None else Path(base.get("output_dir", "runs")) / f"lodo-{base.get('name', 'experiment')}"
+        results = run_lodo(base, variants, check_path_arg(out, "-o"), args.targets, args.seeds, shard)
         print(results["text"])
         if results["missing"]:
             print(f"{len(results['missing'])} run(s) not finished yet (other shards?); re-run to collect")
@@ -143,23 +161,61 @@ def _run(args: argparse.Namespace) -> int:
         from .tasks.demo import default_demo_config, run_demo
 
         cfg = load_config(args.config, args.overrides) if args.config else default_demo_config(args.overrides)
-        run_demo(cfg, out=args.out)
+        run_demo(cfg, out=args.out, force=args.force)
     return 0
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key.sub=value`` overrides may stand anywhere after the command, also after
+    options and after list options (``leancnn lodo --seeds 0 1 -o DIR train.epochs=3``): they are taken out
+    first (except where they are the value of an option, ``-o a=b``) and given to the command's overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = parser._subparsers._group_actions[0].choices if parser._subparsers else {}  # noqa: SLF001
+    cmd = next((i for i, a in enumerate(argv) if a in sub), None)
+    overrides: list[str] = []
+    if cmd is not None and any(a.dest == "overrides" for a in sub[argv[cmd]]._actions):  # noqa: SLF001
+        takes_value = {o for a in sub[argv[cmd]]._actions if a.option_strings and a.nargs is None  # noqa: SLF001
+                       and not isinstance(a, (argparse._StoreTrueAction, argparse._HelpAction))  # noqa: SLF001
+                       for o in a.option_strings}
+        rest = argv[:cmd + 1]
+        for i in range(cmd + 1, len(argv)):
+            if _OVERRIDE.match(argv[i]) and argv[i - 1] not in takes_value and argv[i - 1] != "--":
+                overrides.append(argv[i])
+            else:
+                rest.append(argv[i])
+        argv = rest
+    args = parser.parse_args(argv)
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if _rank() == 0:
+            print("interrupted", file=sys.stderr)
         return 130
     except (LeancnnError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError) as e:
         if args.debug:
             raise
-        print(f"leancnn {args.command}: error: {e}", file=sys.stderr)
+        if _rank() == 0:  # under torchrun every rank meets the same error: rank 0 reports it
+            message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # always one line
+            print(f"leancnn {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

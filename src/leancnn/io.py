@@ -79,3 +79,30 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         reason = e.strerror or type(e).__name__
         raise LeancnnError(f"output directory '{path}' is not writable ({reason})") from None
     return path
+
+
+def check_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check, before long work, that a file can be written at ``path``, leaving nothing behind: missing parent
+    directories are created for the probe and removed again. A clear error names ``what`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise LeancnnError(f"{what} '{path}' is a directory")
+    parent, missing = path.parent, []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LeancnnError(f"{what} '{path}' cannot be written: '{parent}' is not a directory")
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise LeancnnError(f"{what} '{path}' cannot be written ({e.strerror or type(e).__name__})") from None
+    finally:
+        for d in reversed(created):
+            d.rmdir()
+    return path

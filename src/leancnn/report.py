@@ -31,6 +31,32 @@ def fmt_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2)
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg", ".webp": "webp"}
+
+
+def figure_suffixes() -> tuple[str, ...]:
+    """File suffixes a figure can be written as (``.webp`` only where Pillow has WebP support)."""
+    from PIL import features
+
+    return tuple(s for s, f in FIGURE_FORMATS.items() if f != "webp" or features.check("webp"))
+
+
+def figure_format(path, what: str = "path") -> str:
+    """The image format named by ``path``'s suffix; a :class:`ConfigError` naming ``what`` (the argument or
+    option) and the allowed suffixes for an empty path or another suffix."""
+    from .errors import ConfigError
+
+    allowed = ", ".join(figure_suffixes())
+    text = str(path)
+    if not text.strip():
+        raise ConfigError(f"{what} is empty; give a file name ending in one of: {allowed}")
+    suffix = Path(text).suffix.lower()
+    if suffix not in figure_suffixes():
+        raise ConfigError(f"{what} '{text}' has {f'suffix {suffix!r}' if suffix else 'no suffix'}, which names no "
+                          f"supported image format; allowed suffixes: {allowed}")
+    return FIGURE_FORMATS[suffix]
+
+
 def machine_description() -> str:
     """CPU model, core count, OS, torch and Python versions: the line every benchmark quotes."""
     import os
@@ -104,8 +130,11 @@ def plot_variance_correctness(variance, correct, path: str | Path, title: str = 
     ok = correct[finite]
     fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
     edges = np.linspace(logv.min(), logv.max(), 31) if logv.size else np.linspace(0, 1, 31)
-    ax_h.hist(logv[ok], bins=edges, alpha=0.6, label=f"correct ({ok.sum()})", density=True)
-    ax_h.hist(logv[~ok], bins=edges, alpha=0.6, label=f"wrong ({(~ok).sum()})", density=True)
+    for group, label in ((ok, "correct"), (~ok, "wrong")):
+        if group.any():  # a density of no sample is undefined: an empty group gets a legend entry only
+            ax_h.hist(logv[group], bins=edges, alpha=0.6, label=f"{label} ({group.sum()})", density=True)
+        else:
+            ax_h.plot([], [], label=f"{label} (0)")
     ax_h.set(xlabel="log10 feature variance", ylabel="density", title="variance by outcome")
     ax_h.legend()
     if logv.size:

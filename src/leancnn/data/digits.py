@@ -16,6 +16,7 @@ A domain is built once (a few seconds at most) and cached as ``<cache>/digits/<n
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..io import atomic_path, cache_dir
+from ..report import figure_format, figure_suffixes
 
 __all__ = [
     "DOMAINS",
@@ -36,6 +38,7 @@ __all__ = [
     "DigitsDataset",
     "cache_dir",
     "describe",
+    "domain_digest",
     "load_domain",
     "sample_grid",
     "split_indices",
@@ -62,6 +65,12 @@ _SEEDS = {"mnistm": 1234, "syn": 4321}
 def _check_name(name: str) -> None:
     if name not in DOMAINS:
         raise ConfigError(f"unknown dataset '{name}'; choose from: {', '.join(DOMAINS)}")
+
+
+def check_domain_names(names: Sequence[str]) -> None:
+    """Every name a known domain (checked before any is built or loaded)."""
+    for name in names:
+        _check_name(name)
 
 
 def _resize(gray: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -191,21 +200,24 @@ def _render_syn(label: int, rng: np.random.Generator) -> np.ndarray:
     return np.rint(np.clip(image, 0, 255)).astype(np.uint8)
 
 
-def _build_syn(per_class: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def _build_syn(per_class: int = 500, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(_SEEDS["syn"])
     labels = rng.permutation(np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), per_class))
-    images = np.stack([_render_syn(int(y), rng) for y in labels])
+    bar = tqdm(labels, desc="rendering syn", unit="img", leave=False, disable=not progress)
+    images = np.stack([_render_syn(int(y), rng) for y in bar])
     return images, labels
 
 
 _BUILDERS = {"mnist": _build_mnist, "mnistm": _build_mnistm, "syn": _build_syn, "uci": _build_uci}
 
 
-def load_domain(name: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_domain(name: str, cache: Path | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 [N, 32, 32, 3], labels int64 [N])`` of one domain, built on first use and cached.
 
     The cache file is ``<cache>/digits/<name>-v1.npz`` (``cache`` defaults to :func:`cache_dir`), written
-    atomically; one that cannot be read is rebuilt.
+    atomically; one that cannot be read is rebuilt. ``progress``: a bar while ``syn`` is rendered.
     """
     _check_name(name)
     path = Path(cache if cache is not None else cache_dir()) / "digits" / f"{name}-v{CACHE_VERSION}.npz"
@@ -215,10 +227,28 @@ def load_domain(name: str, cache: Path | None = None) -> tuple[np.ndarray, np.nd
                 return data["images"], data["labels"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # damaged or foreign file: rebuild it below
-    images, labels = _BUILDERS[name]()
+    build = _BUILDERS[name]
+    images, labels = build(progress=progress) if build is _build_syn else build()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
         np.savez_compressed(f, images=images, labels=labels)
     return images, labels
+
+
+_DIGESTS: dict[tuple[str, str], str] = {}
+
+
+def domain_digest(name: str, cache: Path | None = None) -> str:
+    """Content digest (sha256 of the images and labels, 16 hex digits) of one domain: its identity in run
+    fingerprints, so a cached run is reused only on the very same data. Computed once per process."""
+    key = (name, str(cache))
+    if key not in _DIGESTS:
+        images, labels = load_domain(name, cache)
+        h = hashlib.sha256()
+        for a in (images, labels):
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def split_indices(labels: np.ndarray, seed: int, fractions=(0.7, 0.15, 0.15)) -> dict[str, np.ndarray]:
@@ -308,13 +338,37 @@ class DigitsDataset(Dataset):
         return f"DigitsDataset(domains={list(self.domains)}, split={self.split!r}, n={len(self)})"
 
 
+GRID_MAX_PER_DOMAIN = 100  # 100 x 4 domains is a 10,000 x 460 pixel image; more only costs time and memory
+
+def grid_suffixes() -> tuple[str, ...]:
+    """File suffixes :func:`sample_grid` can write (those of :func:`leancnn.report.figure_suffixes`)."""
+    return figure_suffixes()
+
+
+def grid_format(path, what: str = "path") -> str:
+    """The image format named by ``path``'s suffix (see :func:`leancnn.report.figure_format`)."""
+    return figure_format(path, what)
+
+
+def check_grid_per_domain(per_domain: int, what: str = "per_domain") -> None:
+    if not 1 <= per_domain <= GRID_MAX_PER_DOMAIN:
+        raise ConfigError(f"{what} must be between 1 and {GRID_MAX_PER_DOMAIN}, got {per_domain}")
+
+
 def sample_grid(
     domains: Sequence[str], path, per_domain: int = 10, seed: int = 0, cache: Path | None = None
 ) -> Path:
-    """Write a PNG grid of samples, one row per domain (one image per class when ``per_domain == 10``)."""
+    """Write a grid of samples, one row per domain (one image per class when ``per_domain == 10``), in the
+    format ``path``'s suffix names (:func:`grid_suffixes`). Every argument is checked before any work."""
     from matplotlib.figure import Figure
 
     domains = (domains,) if isinstance(domains, str) else tuple(domains)
+    if not domains:
+        raise ConfigError("sample_grid needs at least one domain")
+    for name in domains:
+        _check_name(name)
+    check_grid_per_domain(per_domain)
+    fmt = grid_format(path)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(1.0 * per_domain + 0.6, 1.15 * len(domains)))
     axes = fig.subplots(len(domains), per_domain, squeeze=False)
@@ -334,13 +388,13 @@ def sample_grid(
     fig.tight_layout(pad=0.3)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=fmt, dpi=100)
     return path
 
 
-def describe(name: str, cache: Path | None = None) -> dict:
+def describe(name: str, cache: Path | None = None, progress: bool = False) -> dict:
     """Summary of one domain: name, size, classes, image shape, per-class counts and where it comes from."""
-    images, labels = load_domain(name, cache)
+    images, labels = load_domain(name, cache, progress)
     return {
         "name": name,
         "num_images": int(len(labels)),

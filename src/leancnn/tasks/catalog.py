@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..data import DOMAINS, describe
 from ..errors import LeancnnError
 from ..models import create_model, get_model_entry, list_models
 from ..nn import count_macs, count_params
 from ..report import format_table
+from ..train import DistContext
+from ..train.engine import progress_enabled
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -41,14 +45,36 @@ def model_rows(pattern: str | None = None, input_size: tuple[int, ...] | None = 
     return rows
 
 
-def dataset_rows(names: list[str] | None = None) -> list[list]:
-    """Build (or read from the cache) each domain and describe it."""
+def dataset_rows(names: list[str] | None = None, progress: bool | None = None) -> list[list]:
+    """Build (or read from the cache) each domain and describe it. Unknown names fail before any work.
+
+    ``progress``: a bar over the domains (and over the rendering of ``syn``, the slow one to build) on stderr;
+    default: when stdout is a terminal."""
+    from tqdm.auto import tqdm
+
+    from ..data.digits import check_domain_names
+
+    names = list(names or DOMAINS)
+    check_domain_names(names)
+    if progress is None:
+        progress = progress_enabled(DistContext())
     rows = []
-    for name in names or DOMAINS:
-        d = describe(name)
+    for name in tqdm(names, desc="domains", unit="domain", leave=False, disable=not progress):
+        d = describe(name, progress=progress)
         rows.append([d["name"], d["num_images"], d["num_classes"], "x".join(map(str, d["image_shape"])),
                      min(d["class_counts"]), max(d["class_counts"]), d["source"]])
     return rows
+
+
+def write_sample_grid(names: list[str] | None, out, per_domain: int = 10, seed: int = 0) -> Path:
+    """``leancnn data grid``: every argument checked (naming its option) before any domain is loaded."""
+    from ..data.digits import check_domain_names, check_grid_per_domain, grid_format, sample_grid
+
+    names = list(names or DOMAINS)
+    check_domain_names(names)
+    check_grid_per_domain(per_domain, "--per-domain")
+    grid_format(out, "-o/--out")
+    return sample_grid(names, out, per_domain=per_domain, seed=seed)
 
 
 def inspect_text(name: str, seed: int = 0) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 import torch
@@ -10,10 +10,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from .. import report
 from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
-from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler
+from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler, domain_digest
 from ..data.augment import strong_augment, weak_augment
+from ..data.digits import NUM_CLASSES
 from ..errors import LeancnnError
-from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from ..io import atomic_write_json, atomic_write_text, check_writable_file, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
 from ..nn.mixstyle import deactivate_mixstyle, insert_mixstyle
@@ -30,16 +31,22 @@ from ..train import (
     load_model_state,
     seed_everything,
 )
-from ..train.distributed import all_gather_objects
+from ..train.distributed import all_gather_objects, launch
+from ..train.engine import progress_enabled
 from ..train.semi import SemiTrainer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LeancnnError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
+from .runs import (
+    agree,
+    cached_run_state,
+    check_path_arg,
+    check_resume,
+    check_run_dir,
+    clear_run_files,
+    default_run_dir,
+    fingerprint,
+    resolve_device,
+    world_size_from_env,
+    write_fingerprint,
+)
 
 
 def configure_torch(cfg: ExperimentConfig, device: torch.device) -> None:
@@ -114,6 +121,24 @@ def build_datasets(cfg: DataConfig, label_seed: int = 0
     return train, val, tests
 
 
+def held_out_wording(domain: str, n: int, data: DataConfig) -> str:
+    """What a test of ``n`` images on held-out ``domain`` under ``data`` covered, in words for reports: "the
+    whole held-out domain mnistm (5,000 images)" only when neither ``data.test_split=test`` nor
+    ``data.limit_eval`` cut it. ``n`` is the image count actually measured (``summary["test"][domain]["n"]``)."""
+    from ..data import load_domain, split_indices
+
+    labels = load_domain(domain)[1]
+    if data.test_split == "test":
+        full, where = len(split_indices(labels, data.split_seed)["test"]), "the test split of the held-out domain"
+    else:
+        full, where = len(labels), "the held-out domain"
+    if n >= full:
+        whole = "the whole held-out domain" if data.test_split == "all" else where
+        return f"{whole} {domain} ({n:,} images)"
+    cut = f" (data.limit_eval={data.limit_eval})" if data.limit_eval > 0 else ""
+    return f"{n:,} of the {full:,} images of {where} {domain}, drawn at random{cut}"
+
+
 def build_unlabeled(cfg: ExperimentConfig) -> Dataset:
     """The unlabelled set of ``semi.mode``: ``ssdg`` = the source training images not kept as labelled;
     ``uda`` = the train split of ``semi.unlabeled_domains`` (default ``data.test_domains``)."""
@@ -171,9 +196,7 @@ def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoade
 def run_dir_path(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext) -> Path:
     """``out`` or ``<output_dir>/<name>-<time>``; rank 0 decides, every rank gets the same path (nothing is
     created yet)."""
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    out = check_path_arg(out, "-o") or default_run_dir(cfg)
     return Path(all_gather_objects(str(out), ctx)[0])
 
 
@@ -185,45 +208,90 @@ def build_model(cfg: ExperimentConfig):
         try:
             insert_mixstyle(model, ms.after, p=ms.p, alpha=ms.alpha, mix=ms.mix, seed=cfg.train.seed)
         except ValueError as e:
-            raise LeancnnError(f"config section 'model.mixstyle': {e}") from None
+            raise LeancnnError(f"config key 'model.mixstyle.after': {e}") from None
         if cfg.semi.mode != "off":  # the semi-supervised trainer switches MixStyle on where it mixes
             deactivate_mixstyle(model)
     return model
 
 
-def check_mixstyle_sampling(cfg: ExperimentConfig) -> None:
-    """Cross-domain mixing assumes [domain A | domain B] batches: only the domain sampler gives them."""
-    ms = cfg.model.mixstyle
-    if not ms.after or ms.mix != "crossdomain" or cfg.semi.mode != "off":
-        return
-    if cfg.data.sampler != "domain" or cfg.data.domains_per_batch != 2:
-        raise LeancnnError(
-            "model.mixstyle.mix=crossdomain pairs the two halves of a batch, so the batches must be laid out "
-            "[domain A | domain B]: set data.sampler=domain and data.domains_per_batch=2 "
-            f"(got data.sampler={cfg.data.sampler}, data.domains_per_batch={cfg.data.domains_per_batch})")
+def check_experiment(cfg: ExperimentConfig, world_size: int = 1) -> None:
+    """Every check of a classification run that needs no data read and nothing written: domain names, classes
+    against the data, module names against the built model, the loss's options, batch layout over
+    ``world_size`` processes. Raises one :class:`LeancnnError` naming the key."""
+    data = cfg.data
+    _check_domains(data.domains, "data.domains")
+    _check_domains(data.test_domains, "data.test_domains")
+    _check_domains(cfg.semi.unlabeled_domains, "semi.unlabeled_domains")
+    if cfg.model.num_classes < NUM_CLASSES:
+        raise LeancnnError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the digit data has "
+                           f"{NUM_CLASSES} classes (labels 0-{NUM_CLASSES - 1}); set it to >= {NUM_CLASSES}")
+    batches = [("data.batch_size", data.batch_size)]
+    if cfg.semi.mode != "off":
+        batches.append(("semi.unlabeled_batch_size", cfg.semi.unlabeled_batch_size or data.batch_size))
+    for key, batch in batches:
+        if batch % world_size:
+            raise LeancnnError(f"config key '{key}' ({batch}) is not divisible by the {world_size} processes")
+    local = data.batch_size // world_size
+    if data.sampler == "domain" and local % data.domains_per_batch:
+        raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
+                           f"data.domains_per_batch={data.domains_per_batch}")
+    try:
+        model = build_model(cfg)
+    except TypeError as e:  # a builder argument that does not exist (model.kwargs)
+        raise LeancnnError(f"config key 'model.kwargs': {e}") from None
+    try:
+        build_loss(cfg.loss)
+    except ValueError as e:
+        raise LeancnnError(f"config section 'loss': {e}") from None
+    if cfg.loss.feature_layer:
+        try:
+            WithFeatures(model, cfg.loss.feature_layer).remove()
+        except ValueError as e:
+            raise LeancnnError(f"config key 'loss.feature_layer': {e}") from None
 
 
-def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: torch.device) -> dict[str, dict]:
-    results = {d: evaluate(model, eval_loader(ds, cfg.data.eval_batch_size), device, f"test {d}")
+def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: torch.device,
+               progress: bool = False) -> dict[str, dict]:
+    """Loss, accuracy and image count per test domain (``progress``: a bar per domain). With more than one
+    domain, two more entries: ``"mean"``, the unweighted mean over domains of accuracy and loss (``n`` is
+    None: it counts domains, not images), and ``"all"``, accuracy and loss pooled over all images."""
+    results = {d: evaluate(model, eval_loader(ds, cfg.data.eval_batch_size), device, f"test {d}", progress)
                for d, ds in tests.items()}
     if len(results) > 1:
-        n = sum(r["n"] for r in results.values())
-        results["mean"] = {"acc": sum(r["acc"] for r in results.values()) / len(results),
-                           "loss": sum(r["loss"] * r["n"] for r in results.values()) / n, "n": n}
+        per = list(results.values())
+        n = sum(r["n"] for r in per)
+        results["mean"] = {"acc": sum(r["acc"] for r in per) / len(per),
+                           "loss": sum(r["loss"] for r in per) / len(per), "n": None}
+        results["all"] = {"acc": sum(round(r["acc"] * r["n"]) for r in per) / n,  # correct / images
+                          "loss": sum(r["loss"] * r["n"] for r in per) / n, "n": n}
     return results
 
 
+def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
+    """Content digests of every domain a run reads (part of its fingerprint)."""
+    names = [*cfg.data.domains, *cfg.data.test_domains, *cfg.semi.unlabeled_domains]
+    return {f"digits/{n}": domain_digest(n) for n in dict.fromkeys(names)}
+
+
+def run_fingerprint(cfg: ExperimentConfig) -> dict:
+    return fingerprint(cfg, data_identity(cfg))
+
+
 def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
-          callbacks=(), quiet: bool = False) -> dict:
-    """Train ``cfg``; write config.yaml, metrics.jsonl, last.pt/best.pt, summary.json and curves.png."""
+          callbacks=(), quiet: bool = False, force: bool = False) -> dict:
+    """Train ``cfg``; write config.yaml, fingerprint.json, metrics.jsonl, last.pt/best.pt, summary.json and
+    curves.png into the run directory ``out`` (default ``<output_dir>/<name>-<time>``).
+
+    Everything that can fail on bad input (config, data, checkpoint, run directory) is checked before a file
+    is written. ``resume`` continues a checkpoint (only ``RESUMABLE_KEYS`` may differ from its config);
+    ``force`` replaces a run that ``out`` already holds (see :mod:`leancnn.tasks.runs`)."""
+    check_experiment(cfg, world_size_from_env())
     device = resolve_device(cfg.train.device)
     ctx = init_distributed(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     try:
         configure_torch(cfg, device)
-        # Everything that can fail on bad input is checked before the run directory is touched.
-        check_mixstyle_sampling(cfg)
         seed_everything(cfg.train.seed)
         model = build_model(cfg)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
@@ -234,13 +302,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
         u_loader = None
         if cfg.semi.mode != "off":
-            if cfg.loss.name != "ce":
-                raise LeancnnError("semi-supervised training (semi.mode) uses cross-entropy; set loss.name=ce")
             u_batch = cfg.semi.unlabeled_batch_size or cfg.data.batch_size
-            if cfg.model.mixstyle.after and u_batch != cfg.data.batch_size:
-                raise LeancnnError(
-                    f"semi.unlabeled_batch_size={u_batch} differs from data.batch_size={cfg.data.batch_size}: "
-                    "labelled <-> unlabelled crossdomain MixStyle needs two equal halves; set it to 0")
             u_loader = train_loader(build_unlabeled(cfg), u_batch, cfg.train.seed + 1, ctx, cfg.data.num_workers)
             if len(u_loader) == 0:
                 raise LeancnnError("the unlabelled set gives no batch; lower semi.unlabeled_batch_size")
@@ -251,8 +313,11 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         state = None
         if resume is not None:
             state = load_checkpoint(resume, device)
-            load_model_state(model, state, f"checkpoint '{state['path']}'")  # the architecture must fit
+            source = f"checkpoint '{state['path']}'"
+            check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
+            load_model_state(model, state, source)  # the architecture must fit
         run_dir = run_dir_path(cfg, out, ctx)
+        agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
         args = (model, loss, optimizer, scheduler, loader,
                 eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                 cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
@@ -263,17 +328,32 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
             trainer = SemiTrainer(*args, unlabeled_loader=u_loader, threshold=cfg.semi.threshold,
                                   weight_u=cfg.semi.weight_u, mixstyle_labeled=cfg.semi.mixstyle_labeled,
                                   strong=strong_augment if cfg.semi.strong_augment else weak_augment)
+        if state is not None:
+            try:  # restored before anything is written: a checkpoint that does not fit changes no file
+                trainer.load_state_dict(state)
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise LeancnnError(f"checkpoint '{state['path']}' cannot be resumed with this config "
+                                   f"({type(e).__name__}: {e})") from None
+        fp = run_fingerprint(cfg) if ctx.is_main else None
         if ctx.is_main:
             ensure_writable_dir(run_dir)
+            if force:
+                clear_run_files(run_dir, keep=state["path"] if state else None)
+            elif state is not None and trainer.epoch < cfg.train.epochs:
+                for stale in ("summary.json", "curves.png"):  # they describe the run before it was extended
+                    if (run_dir / stale).exists():
+                        (run_dir / stale).unlink()
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        history = trainer.fit(resume=state)
+            write_fingerprint(run_dir, fp)
+        history = trainer.fit()
         summary = {}
         if ctx.is_main:
             best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")
             load_model_state(model, load_checkpoint(best, device), str(best))
             summary = {"run_dir": str(run_dir), "model": cfg.model.name, "epochs": cfg.train.epochs,
                        "best_val_acc": trainer.best_acc, "checkpoint": str(best),
-                       "test": test_model(model, tests, cfg, device), "history": history}
+                       "test": test_model(model, tests, cfg, device), "history": history,
+                       "fingerprint": fp["fingerprint"]}
             atomic_write_json(run_dir / "summary.json", summary)
             report.plot_curves(history, run_dir / "curves.png", title=f"{cfg.name}: {cfg.model.name}")
             if not quiet:
@@ -284,8 +364,25 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         cleanup_distributed()
 
 
+def train_cached(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True) -> dict:
+    """The summary of ``cfg``'s run in ``run_dir``: reused when a finished run with the same fingerprint is
+    there, continued from its ``last.pt`` when it was interrupted, trained (again) otherwise; a run of another
+    fingerprint is replaced, and the keys that differ are printed. For scripts that cache runs."""
+    run_dir = Path(run_dir)
+    state = cached_run_state(run_dir, run_fingerprint(cfg))
+    if state.action == "done":
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if state.action == "stale":
+        print(f"{run_dir}: retraining ({state.reason})", flush=True)
+    return train(cfg, out=run_dir, resume=run_dir / "last.pt" if state.action == "resume" else None, quiet=quiet,
+                 force=state.action == "stale")
+
+
 def test_rows(results: dict[str, dict]) -> list[list]:
-    return [[d, r["n"], f"{100 * r['acc']:.2f}%", f"{r['loss']:.4f}"] for d, r in results.items()]
+    """Table rows of :func:`test_model`'s results; the per-domain mean has no image count ("-")."""
+    labels = {"mean": "mean (per domain)", "all": "all (pooled)"}
+    return [[labels.get(d, d), "-" if r["n"] is None else r["n"], f"{100 * r['acc']:.2f}%",
+             f"{r['loss']:.4f}"] for d, r in results.items()]
 
 
 def config_from_checkpoint(state: dict) -> ExperimentConfig:
@@ -294,21 +391,53 @@ def config_from_checkpoint(state: dict) -> ExperimentConfig:
 
 def resolve_train_config(config: str | None, overrides: list[str], resume: str | None,
                          out: str | None) -> tuple[ExperimentConfig, str | Path | None]:
-    """The config and run directory of ``leancnn train``: resuming without ``-c`` continues the checkpoint's
-    own config (overrides still apply, e.g. ``train.epochs=20`` to extend) in the checkpoint's directory."""
-    if resume and not config:
+    """The config and run directory of ``leancnn train``. Resuming without ``-c`` continues the checkpoint's own
+    config (overrides still apply, e.g. ``train.epochs=20`` to extend); with ``-c`` the file's config must
+    agree with the checkpoint's (checked by :func:`train`). A resumed run stays in the checkpoint's directory
+    unless ``-o`` is given."""
+    out = check_path_arg(out, "-o")
+    if resume is not None:
+        resume = check_path_arg(resume, "--resume")
         state = load_checkpoint(resume)
-        raw = apply_overrides(to_dict(config_from_checkpoint(state)), overrides)
-        return from_dict(ExperimentConfig, raw), out or Path(state["path"]).parent
+        cfg = (load_config(config, overrides) if config else
+               from_dict(ExperimentConfig, apply_overrides(to_dict(config_from_checkpoint(state)), overrides)))
+        return cfg, out or Path(state["path"]).parent
     return load_config(config, overrides), out
 
 
+def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
+                  force: bool = False, nproc: int = 1, debug: bool = False) -> int:
+    """``leancnn train``: resolve the config and run directory, then train here, or in ``nproc`` processes
+    with DDP. The launcher validates everything first (config, data layout over ``nproc`` processes, run
+    directory), so a mistake is reported once, before any worker starts."""
+    cfg, out = resolve_train_config(config, overrides, resume, out)
+    if nproc < 1:
+        raise LeancnnError(f"--nproc-per-node must be >= 1, got {nproc}")
+    if nproc == 1 or world_size_from_env() > 1:  # one process, or already a torchrun worker
+        train(cfg, out=out, resume=resume, force=force)
+        return 0
+    check_experiment(cfg, nproc)
+    resolve_device(cfg.train.device)
+    out = out or default_run_dir(cfg)
+    check_run_dir(Path(out), force, load_checkpoint(resume)["path"] if resume else None)
+    argv = (["--debug"] if debug else []) + ["train", "-o", str(out)]
+    argv += (["-c", str(config)] if config else []) + (["--resume", str(resume)] if resume else [])
+    argv += (["--force"] if force else []) + list(overrides)
+    return launch(nproc, argv)
+
+
 def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, split: str = "test",
-                        device: str = "auto", plot_variance: str | Path | None = None) -> dict[str, dict]:
+                        device: str = "auto", plot_variance: str | Path | None = None,
+                        progress: bool | None = None) -> dict[str, dict]:
     """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on).
 
     ``plot_variance``: also write a PNG of per-sample feature variance (Bias Loss's diversity signal)
-    against correctness."""
+    against correctness. ``progress``: a bar per domain on stderr (default: when stdout is a terminal)."""
+    if progress is None:
+        progress = progress_enabled(DistContext())
+    if plot_variance is not None:  # a bad plot path fails now, not after the whole evaluation
+        report.figure_format(plot_variance, "--plot-variance")
+        check_writable_file(plot_variance, "--plot-variance")
     dev = resolve_device(device)
     state = load_checkpoint(path, dev)
     cfg = config_from_checkpoint(state)
@@ -318,7 +447,7 @@ def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, spli
     domains = domains or (cfg.data.test_domains or cfg.data.domains)
     _check_domains(domains, "--domains")
     tests = {d: DigitsDataset([d], split, seed=cfg.data.split_seed) for d in domains}
-    results = test_model(model, tests, cfg, dev)
+    results = test_model(model, tests, cfg, dev, progress)
     if plot_variance:
         variance, correct = variance_and_correctness(model, ConcatDataset(list(tests.values())), cfg, dev)
         report.plot_variance_correctness(variance, correct, plot_variance,

@@ -2,7 +2,8 @@
 
 Stage 1: train ResNet-20 with Bias Loss on the four digit domains and test it on each domain's test split;
 report Bias Loss's diagnostics (low-diversity samples per epoch, feature variance against correctness).
-Stage 2: a short leave-one-domain-out run (train on mnist, syn, uci; test on the whole of mnistm) of ResNet-20
+Stage 2: a short leave-one-domain-out run (train on mnist, syn, uci; test on mnistm, the whole domain unless
+data.limit_eval shortens the demo; the report says which) of ResNet-20
 without MixStyle, with MixStyle (random) and with MixStyle (crossdomain, domain-balanced batches).
 Later stages (pruning, latency, ...) append their sections to the same report.
 """
@@ -20,11 +21,13 @@ from torch.utils.data import ConcatDataset
 from .. import report
 from ..config import ExperimentConfig, apply_overrides, dump_config, from_dict
 from ..data import DOMAINS
+from ..errors import LeancnnError
 from ..models import get_model_entry
 from ..nn import count_macs, count_params
 from ..train import load_checkpoint, load_model_state
-from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
+from .classify import build_datasets, build_model, check_experiment, test_rows, train, variance_and_correctness
 from .lodo import run_lodo, table
+from .runs import check_path_arg, held_run_files
 
 # The demo's built-in experiment; configs/demo.yaml is the same file (a test keeps them equal).
 DEMO_CONFIG = {
@@ -68,8 +71,8 @@ def mixstyle_section(cfg: ExperimentConfig, out: Path) -> tuple[str, str]:
     res = run_lodo(base, DEMO_LODO_VARIANTS, out / "lodo", targets=[DEMO_LODO_TARGET], seeds=[cfg.train.seed])
     sources = ", ".join(d for d in DOMAINS if d != DEMO_LODO_TARGET)
     text = (f"ResNet-20 trained on {sources} ({base['data']['limit_train']:,} training images, "
-            f"{base['train']['epochs']} epochs, seed {cfg.train.seed}) and tested on the whole held-out "
-            f"**{DEMO_LODO_TARGET}** domain, without and with MixStyle after layer1 and layer2 (p = 0.5, "
+            f"{base['train']['epochs']} epochs, seed {cfg.train.seed}) and tested on "
+            f"{res['tested_on'][DEMO_LODO_TARGET]}, without and with MixStyle after layer1 and layer2 (p = 0.5, "
             f"alpha = 0.1). Crossdomain mixing uses domain-balanced [A | B] batches. Held-out accuracy (%):\n\n"
             f"{table(res, [DEMO_LODO_TARGET], [cfg.train.seed], markdown=True)}\n\n"
             "One seed of a short run: a smoke test of the pipeline, not a result. In the three-seed study the "
@@ -107,13 +110,17 @@ def bias_loss_sections(cfg: ExperimentConfig, summary: dict, model, out: Path) -
     return [("Bias Loss diagnostics", text)]
 
 
-def run_demo(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
-    """Run every stage and write ``<run>/report.md``; returns its path."""
+def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool = False) -> Path:
+    """Run every stage and write ``<run>/report.md``; returns its path. A directory that already holds a demo
+    is refused unless ``force`` (stage 2's runs are then reused where their fingerprints match)."""
     start = time.perf_counter()
-    out = Path(out) if out else Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = check_path_arg(out, "-o") or Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_experiment(cfg)
+    if not force and ((out / "report.md").exists() or held_run_files(out / "train")):
+        raise LeancnnError(f"'{out}' already holds a demo; add --force to replace it, or choose another -o")
     print(f"[demo 1/2] training {cfg.model.name} with loss '{cfg.loss.name}' on {', '.join(cfg.data.domains)} "
           f"for {cfg.train.epochs} epochs")
-    summary = train(cfg, out=out / "train", quiet=True)
+    summary = train(cfg, out=out / "train", quiet=True, force=force)
     model = build_model(cfg)
     load_model_state(model, load_checkpoint(summary["checkpoint"]), summary["checkpoint"])
     size = get_model_entry(cfg.model.name).input_size

@@ -3,9 +3,11 @@ whole held-out domain, over seeds and over named variants of one base config (e.
 (``data.test_split=test`` tests on the target's test split instead, e.g. for adaptation with ``semi.mode=uda``,
 whose unlabelled data is the target's train split.)
 
-Runs live in ``<out>/<variant>/<target>/seed<k>/``. A finished run (its ``summary.json`` exists) is never
-repeated, and an interrupted one continues from its ``last.pt``, so the command can be re-run after a crash,
-or split over processes with ``shard=(i, n)`` and re-run once more to collect the table.
+Runs live in ``<out>/<variant>/<target>/seed<k>/``. Each run is keyed by its fingerprint (the resolved config
+without runtime-only keys, and the digests of the data; :mod:`leancnn.tasks.runs`): a finished run with the same
+fingerprint is reused, an interrupted one continues from its ``last.pt``, and a run of another fingerprint (the
+config, a variant or the data changed) is trained again, with the keys that differ printed. So the command can be
+re-run after a crash, or split over processes with ``shard=(i, n)`` and re-run once more to collect the table.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Sequence
 import numpy as np
 
 from .. import report
-from ..config import ExperimentConfig, apply_overrides, from_dict, to_dict
+from ..config import SEED_MAX, ExperimentConfig, apply_overrides, from_dict
 from ..data import DOMAINS
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text
-from .classify import build_model, check_mixstyle_sampling, train
+from .classify import check_experiment, run_fingerprint, train
+from .runs import RunState, cached_run_state, check_path_arg
 
 
 @dataclass
@@ -33,10 +36,15 @@ class LodoRun:
     seed: int
     config: ExperimentConfig
     run_dir: Path
+    fingerprint: dict
+
+    def state(self) -> RunState:
+        return cached_run_state(self.run_dir, self.fingerprint)
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "summary.json").is_file()
+        """Finished, with the fingerprint of this plan (a run of another config does not count)."""
+        return self.state().action == "done"
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -49,13 +57,31 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, rest.split()
 
 
-def plan(base: dict, variants: dict[str, list[str]], targets: Sequence[str], seeds: Sequence[int],
-         out: Path, domains: Sequence[str] = DOMAINS) -> list[LodoRun]:
-    """Every run's validated config; fails before anything is trained if one of them is invalid."""
-    if not variants:
+def _unique(values: Sequence, what: str) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise LeancnnError(f"{what} lists {v!r} more than once")
+        seen.add(v)
+
+
+def plan(base: dict, variants: dict[str, list[str]] | Sequence[tuple[str, list[str]]], targets: Sequence[str],
+         seeds: Sequence[int], out: Path, domains: Sequence[str] = DOMAINS) -> list[LodoRun]:
+    """Every run's validated config and fingerprint; fails before anything is trained or written if one of
+    them is invalid. ``variants`` may be a list of (name, overrides) pairs, so a repeated name is caught."""
+    pairs = list(variants.items()) if isinstance(variants, dict) else list(variants)
+    if not pairs:
         raise LeancnnError("no variant to run")
     if not seeds:
         raise LeancnnError("no seed given")
+    if not targets:
+        raise LeancnnError("no target domain given")
+    _unique([n for n, _ in pairs], "--variant")
+    _unique(targets, "--targets")
+    _unique(seeds, "--seeds")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_MAX:
+            raise LeancnnError(f"--seeds: {s!r} is not a seed; seeds are integers in [0, {SEED_MAX})")
     domains = list(domains)
     for t in targets:
         if t not in domains:
@@ -63,17 +89,23 @@ def plan(base: dict, variants: dict[str, list[str]], targets: Sequence[str], see
     if len(domains) < 2:
         raise LeancnnError("leave-one-domain-out needs at least two domains")
     runs = []
-    for name, overrides in variants.items():
+    for name, overrides in pairs:
         for target in targets:
             sources = [d for d in domains if d != target]
             for seed in seeds:
                 raw = apply_overrides(copy.deepcopy(base), list(overrides) + [
                     f"data.domains=[{','.join(sources)}]", f"data.test_domains=[{target}]", f"train.seed={seed}"])
-                cfg = from_dict(ExperimentConfig, raw)
+                try:
+                    cfg = from_dict(ExperimentConfig, raw)
+                except LeancnnError as e:
+                    raise LeancnnError(f"variant '{name}': {e}") from None
                 cfg.name = f"{cfg.name}-{name}-{target}-s{seed}"
-                runs.append(LodoRun(name, target, seed, cfg, out / name / target / f"seed{seed}"))
-        check_mixstyle_sampling(runs[-1].config)
-        build_model(runs[-1].config)  # unknown model / MixStyle insertion names fail here
+                runs.append(LodoRun(name, target, seed, cfg, out / name / target / f"seed{seed}",
+                                    run_fingerprint(cfg)))
+            try:  # unknown model, MixStyle insertion names, classes: fail here, before any run
+                check_experiment(runs[-1].config)
+            except LeancnnError as e:
+                raise LeancnnError(f"variant '{name}': {e}") from None
     return runs
 
 
@@ -82,13 +114,14 @@ def execute(runs: list[LodoRun], shard: tuple[int, int] = (0, 1), quiet: bool = 
     if not 0 <= i < n:
         raise LeancnnError(f"shard {i}/{n}: expected 0 <= i < n")
     mine = [r for k, r in enumerate(runs) if k % n == i]
-    todo = [r for r in mine if not r.done]
+    states = [(r, r.state()) for r in mine]
+    todo = [(r, st) for r, st in states if st.action != "done"]
     print(f"leave-one-domain-out: {len(runs)} runs, {len(mine)} in this shard, {len(todo)} to train", flush=True)
-    for k, run in enumerate(todo, 1):
-        resume = run.run_dir / "last.pt"
-        print(f"[{k}/{len(todo)}] {run.variant}: target {run.target}, seed {run.seed}"
-              + (" (resuming)" if resume.is_file() else ""), flush=True)
-        train(run.config, out=run.run_dir, resume=resume if resume.is_file() else None, quiet=quiet)
+    for k, (run, st) in enumerate(todo, 1):
+        note = {"resume": " (resuming)", "stale": f" (retraining: {st.reason})"}.get(st.action, "")
+        print(f"[{k}/{len(todo)}] {run.variant}: target {run.target}, seed {run.seed}{note}", flush=True)
+        train(run.config, out=run.run_dir, resume=run.run_dir / "last.pt" if st.action == "resume" else None,
+              quiet=quiet, force=st.action == "stale")
 
 
 def collect(runs: list[LodoRun]) -> dict:
@@ -96,12 +129,35 @@ def collect(runs: list[LodoRun]) -> dict:
     acc: dict[str, dict[str, dict[int, float]]] = {}
     missing = []
     for r in runs:
-        if not r.done:
+        if not r.done:  # not finished, or finished with another fingerprint
             missing.append(str(r.run_dir))
             continue
         summary = json.loads((r.run_dir / "summary.json").read_text())
         acc.setdefault(r.variant, {}).setdefault(r.target, {})[r.seed] = summary["test"][r.target]["acc"]
     return {"acc": acc, "missing": missing}
+
+
+def tested_on(runs: list[LodoRun]) -> dict[str, str]:
+    """Per target, in words, what its finished runs were tested on, from the image count each run measured
+    (its summary.json): "the whole held-out domain ..." only when ``data.limit_eval`` / ``data.test_split``
+    cut nothing. Variants tested on different sets are named."""
+    from .classify import held_out_wording
+
+    words: dict[tuple, str] = {}
+    per_target: dict[str, dict[str, list[str]]] = {}
+    for r in runs:
+        if not r.done:
+            continue
+        n = json.loads((r.run_dir / "summary.json").read_text())["test"][r.target]["n"]
+        data = r.config.data
+        key = (r.target, n, data.test_split, data.split_seed, data.limit_eval)
+        if key not in words:
+            words[key] = held_out_wording(r.target, n, data)
+        variants = per_target.setdefault(r.target, {}).setdefault(words[key], [])
+        if r.variant not in variants:
+            variants.append(r.variant)
+    return {t: next(iter(w)) if len(w) == 1 else "; ".join(f"{', '.join(v)}: {k}" for k, v in w.items())
+            for t, w in per_target.items()}
 
 
 def table(results: dict, targets: Sequence[str], seeds: Sequence[int], markdown: bool = False) -> str:
@@ -156,20 +212,25 @@ def run_lodo(base: dict, variants: dict[str, list[str]], out: str | Path, target
              seeds: Sequence[int] = (0, 1, 2), shard: tuple[int, int] = (0, 1), domains: Sequence[str] = DOMAINS,
              quiet: bool = True) -> dict:
     """Plan, train (this shard's missing runs), collect; write ``lodo.json``, ``lodo.md`` and ``lodo.png``."""
-    out = Path(out)
-    targets = list(targets or domains)
-    runs = plan(base, variants, targets, seeds, out, domains)
+    out = check_path_arg(out, "-o")
+    targets = list(domains) if targets is None else list(targets)
+    pairs = list(variants.items()) if isinstance(variants, dict) else list(variants)
+    runs = plan(base, pairs, targets, seeds, out, domains)
     execute(runs, shard, quiet)
     results = collect(runs)
-    results.update(targets=targets, seeds=list(seeds), variants={k: list(v) for k, v in variants.items()},
-                   base=to_dict(from_dict(ExperimentConfig, copy.deepcopy(base))))
+    results.update(targets=targets, seeds=list(seeds), variants={k: list(v) for k, v in pairs},
+                   base=copy.deepcopy(base), fingerprints={str(r.run_dir.relative_to(out)): r.fingerprint["fingerprint"]
+                                                           for r in runs})
     text = table(results, targets, seeds)
     if not results["missing"]:
+        results["tested_on"] = tested_on(runs)  # what was measured, not what the protocol would like
         atomic_write_json(out / "lodo.json", results)
         title = f"leave-one-domain-out, {runs[0].config.model.name}, {len(seeds)} seeds"
         plot(results, targets, seeds, out / "lodo.png", title)
         atomic_write_text(out / "lodo.md", f"# {title}\n\nHeld-out accuracy (%), mean ± std over seeds "
-                          f"{', '.join(map(str, seeds))}.\n\n{table(results, targets, seeds, markdown=True)}\n\n"
+                          f"{', '.join(map(str, seeds))}. Tested on "
+                          f"{'; '.join(results['tested_on'][t] for t in targets)}.\n\n"
+                          f"{table(results, targets, seeds, markdown=True)}\n\n"
                           "![held-out accuracy](lodo.png)\n")
     results["text"] = text
     return results

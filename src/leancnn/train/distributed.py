@@ -63,3 +63,26 @@ def reduce_sum(values: list[float], ctx: DistContext, device: torch.device) -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``python -m leancnn <argv>`` in ``nproc`` processes on this machine with torchrun's machinery
+    (standalone rendezvous on a free port), from this process. Returns 0, or the exit code of the first worker
+    that failed. Workers report their own errors (rank 0, one line); the launcher adds no traceback and no
+    log lines of its own."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "leancnn", *argv])
+    # torchrun sets OMP_NUM_THREADS=1 (with a warning) when unset; keep that choice explicit and quiet
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        run(args)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0

@@ -140,6 +140,7 @@ class Trainer:
         load_model_state(self.model, state, f"checkpoint '{state.get('path', '?')}'")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._sync_lr()
         self.scaler.load_state_dict(state["scaler"])
         if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
             self.loss_fn.load_state_dict(state["loss"])  # e.g. Bias Loss's running minimum
@@ -149,6 +150,19 @@ class Trainer:
             warnings.warn(f"checkpoint was written by {len(rng)} process(es), resuming with "
                           f"{self.dist.world_size}: random streams restart from rank-0's state")
         set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+
+    def _sync_lr(self) -> None:
+        """Set each group's lr from this trainer's schedule at the restored step. A checkpoint restores the
+        optimiser's last lr and the step count, but the schedule is the one built for this run: when a resume
+        extends ``epochs``, the next step follows the longer schedule (a finished cosine run ends at lr 0; its
+        extension does not train at that lr). For an exact resume this recomputes the same value."""
+        lambdas = getattr(self.scheduler, "lr_lambdas", None)
+        if lambdas is None:
+            return
+        step = self.scheduler.last_epoch
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, lambdas):
+            group["lr"] = base * fn(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ------------------------------------------------------------------------------------- loop
 
@@ -203,11 +217,13 @@ class Trainer:
     def fit(self, resume: str | Path | dict | None = None) -> list[dict]:
         """Train until ``epochs`` epochs are complete; returns the per-epoch history.
 
-        ``resume``: a checkpoint path, or a checkpoint already read with :func:`load_checkpoint`."""
+        ``resume``: a checkpoint path, or a checkpoint already read with :func:`load_checkpoint`. A trainer
+        restored beforehand with :meth:`load_state_dict` (``epoch > 0``) continues too."""
         metrics_path = self.out_dir / "metrics.jsonl"
         if resume is not None:
             state = resume if isinstance(resume, dict) else load_checkpoint(resume, map_location=self.device)
             self.load_state_dict(state)
+        if self.epoch > 0:
             if self.dist.is_main:  # the history in the checkpoint is the truth; drop lines of a lost epoch
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         elif self.dist.is_main and metrics_path.exists():
@@ -241,7 +257,8 @@ class Trainer:
             val += (f"  low-diversity {100 * r['bias_low_share']:.1f}% (acc {r['bias_low_acc']:.3f} vs "
                     f"{r['bias_rest_acc']:.3f}, mean weight {r['bias_mean_weight']:.3f})")
         if "semi_mask_rate" in r:
+            pseudo = r.get("semi_pseudo_acc")  # None: no unlabelled sample passed the threshold
             val += (f"  loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
-                    f"(pseudo-label acc {r['semi_pseudo_acc']:.3f})")
+                    f"(pseudo-label acc {'n/a' if pseudo is None else f'{pseudo:.3f}'})")
         print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
               f"acc {r['train_acc']:.4f}{val}  {r['train_images_per_s']:.0f} img/s", flush=True)

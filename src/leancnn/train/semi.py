@@ -17,7 +17,8 @@ An epoch is one pass over the unlabelled loader; the labelled loader is cycled (
 The two losses are back-propagated one after the other (same gradient as their sum), which keeps DDP's
 one-forward-per-backward rule. Extra per-epoch metrics: ``semi_mask_rate`` (share of unlabelled samples above
 the threshold), ``semi_pseudo_acc`` (accuracy of those confident pseudo-labels against the true labels, which
-are only read for this diagnostic), ``loss_x`` and ``loss_u``.
+are only read for this diagnostic; ``None`` when no unlabelled sample passed the threshold, as an accuracy of
+nothing is not 0), ``loss_x`` and ``loss_u``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class SemiTrainer(Trainer):
                 raise LeancnnError("the labelled training set gives no batch; lower data.batch_size")
             rounds += 1
 
-    def train_one_epoch(self) -> dict[str, float]:
+    def train_one_epoch(self) -> dict[str, float | None]:
         self.net.train()
         u_sampler = getattr(self.unlabeled_loader, "sampler", None)
         if hasattr(u_sampler, "set_epoch"):
@@ -126,6 +127,7 @@ class SemiTrainer(Trainer):
         seconds = time.perf_counter() - start
         s = reduce_sum(sums.tolist(), self.dist, self.device)
         n_x, n_u = max(s[4], 1), max(s[7], 1)
+        pseudo_acc = s[6] / s[5] if s[5] > 0 else None  # no confident pseudo-label: no accuracy to report
         return {"train_loss": s[0] / n_x, "train_acc": s[3] / n_x, "loss_x": s[1] / n_x, "loss_u": s[2] / n_x,
-                "semi_mask_rate": s[5] / n_u, "semi_pseudo_acc": s[6] / max(s[5], 1),
+                "semi_mask_rate": s[5] / n_u, "semi_pseudo_acc": pseudo_acc,
                 "train_images_per_s": (s[4] + s[7]) / seconds, "train_seconds": seconds}

@@ -1,0 +1,200 @@
+"""What every task needs around a run: the device, the run directory and its protection, resume rules, and
+fingerprints that decide when a finished run may be reused.
+
+Rules (docs/training.md, "Runs, resume and reuse"):
+
+* **Run directories.** A directory that already holds a run (``last.pt``, ``best.pt`` or ``summary.json``) is
+  never written into by a new run: ``--resume`` continues it, ``--force`` replaces it (its run files are
+  deleted once the new run has passed every check, other files are left alone). Run names are plain names,
+  so ``<output_dir>/<name>-<time>`` stays inside ``output_dir``.
+* **Resume.** Only :data:`~leancnn.config.RESUMABLE_KEYS` may differ between the checkpoint's config and the
+  resumed one (``train.epochs`` to extend a run, the device, threads, workers, the eval batch size, the name);
+  any other change is refused in one line that names the key. The config file of the run is rewritten only
+  once the checkpoint has been restored into the new trainer.
+* **Fingerprints.** Every run writes ``fingerprint.json``: the resolved config without the keys that do not
+  change results (:data:`~leancnn.config.RUNTIME_KEYS`) and the identity (content digest) of the data it reads.
+  A command that reuses finished runs (``lodo``, the benchmark scripts) reuses one only when the fingerprint
+  matches exactly; otherwise it retrains and says which keys differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import RESUMABLE_KEYS, RUNTIME_KEYS, ExperimentConfig, config_changes, flatten, from_dict, to_dict
+from ..errors import LeancnnError
+from ..io import atomic_write_json
+from ..train.distributed import DistContext, all_gather_objects
+
+RUN_FILES = ("config.yaml", "fingerprint.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json",
+             "curves.png")
+_RUN_MARKERS = ("last.pt", "best.pt", "summary.json")  # a directory with any of these holds a run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LeancnnError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def world_size_from_env() -> int:
+    """The number of processes ``torchrun`` started (1 without it); readable before the process group exists."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+# ----------------------------------------------------------------------------------------- run directories
+
+
+def check_path_arg(path: str | os.PathLike | None, what: str) -> Path | None:
+    """``None`` stays None; an empty path is an error naming the option."""
+    if path is None:
+        return None
+    if not str(path).strip():
+        raise LeancnnError(f"{what}: the path is empty")
+    return Path(path)
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (``name`` is a plain name: no '/' and no leading '.')."""
+    return Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def held_run_files(path: Path) -> list[str]:
+    """The files of ``path`` that mark it as holding a run (checkpoints, a summary)."""
+    return [f for f in _RUN_MARKERS if (path / f).exists()] if path.is_dir() else []
+
+
+def check_run_dir(path: Path, force: bool = False, resume_from: str | Path | None = None) -> None:
+    """Refuse to write a new run into a directory that holds one, unless ``force``. Resuming may continue the
+    run whose ``last.pt`` it starts from; resuming into a directory with another ``last.pt`` needs ``force``."""
+    if path.exists() and not path.is_dir():
+        raise LeancnnError(f"run directory '{path}' exists and is not a directory")
+    held = held_run_files(path)
+    if not held or force:
+        return
+    if resume_from is None:
+        raise LeancnnError(f"run directory '{path}' already holds a run ({', '.join(held)}); continue it with "
+                           f"--resume {path / 'last.pt'}, replace it with --force, or choose another -o")
+    last = path / "last.pt"
+    if last.exists() and not last.samefile(resume_from):
+        raise LeancnnError(f"run directory '{path}' holds its own last.pt, which resuming from '{resume_from}' "
+                           "would replace; add --force to replace it, or choose another -o")
+
+
+def clear_run_files(path: Path, keep: str | Path | None = None) -> list[str]:
+    """Delete the run files of ``path`` (not ``keep``, not foreign files); returns their names."""
+    removed = []
+    for name in RUN_FILES:
+        f = path / name
+        if f.exists() and not (keep is not None and Path(keep).exists() and f.samefile(keep)):
+            f.unlink()
+            removed.append(name)
+    return removed
+
+
+def agree(ctx: DistContext, check: Callable[[], Any]) -> Any:
+    """Run ``check`` on rank 0 only (e.g. one that reads the file system) and make every rank raise the same
+    :class:`LeancnnError` or return the same value, so no rank is left waiting in a collective."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if ctx.is_main:
+        try:
+            outcome = ("ok", check())
+        except LeancnnError as e:
+            outcome = ("error", str(e))
+    kind, value = all_gather_objects(outcome, ctx)[0]
+    if kind == "error":
+        raise LeancnnError(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------- resume
+
+
+def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epochs: int, source: str) -> None:
+    """Refuse a resume whose config differs from the checkpoint's in a key outside :data:`RESUMABLE_KEYS`, or
+    that asks for fewer epochs than the checkpoint has already completed."""
+    if not saved_config:
+        raise LeancnnError(f"{source} holds no config; it cannot be resumed")
+    try:
+        saved = from_dict(ExperimentConfig, saved_config)
+    except LeancnnError as e:
+        raise LeancnnError(f"{source}: its config no longer validates ({e})") from None
+    changes = config_changes(saved, cfg, ignore=RESUMABLE_KEYS)
+    if changes:
+        key, old, new = changes[0]
+        more = f" (and {len(changes) - 1} more: {', '.join(k for k, _, _ in changes[1:])})" if len(changes) > 1 else ""
+        raise LeancnnError(f"cannot resume {source} with '{key}' changed ({old!r} in the checkpoint, {new!r} now)"
+                           f"{more}; on --resume only {', '.join(RESUMABLE_KEYS)} may change: start a new run "
+                           "to change anything else")
+    if cfg.train.epochs < completed_epochs:
+        raise LeancnnError(f"train.epochs={cfg.train.epochs} but {source} has already completed {completed_epochs} "
+                           "epochs; a run cannot be shortened")
+
+
+# ----------------------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(cfg: ExperimentConfig | dict, data: dict[str, str]) -> dict:
+    """What defines a run's results: its config without :data:`RUNTIME_KEYS`, and the digests of its data."""
+    keyed = {k: v for k, v in flatten(to_dict(cfg) if not isinstance(cfg, dict) else cfg).items()
+             if k not in RUNTIME_KEYS}
+    blob = json.dumps({"config": keyed, "data": data}, sort_keys=True, default=str)
+    return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:24], "config": keyed, "data": dict(data)}
+
+
+def write_fingerprint(run_dir: Path, fp: dict) -> Path:
+    return atomic_write_json(run_dir / "fingerprint.json", fp)
+
+
+def read_fingerprint(run_dir: Path) -> dict | None:
+    try:
+        fp = json.loads((run_dir / "fingerprint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return fp if isinstance(fp, dict) and "fingerprint" in fp else None
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """Human-readable differences: ``"train.epochs: 1 -> 2"``, ``"data mnist: 3f2a.. -> 9b1c.."``."""
+    out = [f"{k}: {a!r} -> {b!r}" for k, a, b in config_changes(old.get("config", {}), new.get("config", {}))]
+    da, db = old.get("data", {}), new.get("data", {})
+    out += [f"data {k}: {da.get(k)} -> {db.get(k)}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+    return out
+
+
+@dataclass
+class RunState:
+    """What to do with a cached run directory: ``new`` (train), ``done`` (reuse), ``resume`` (continue its
+    last.pt) or ``stale`` (it holds a run of another fingerprint: retrain; ``reason`` says what differs)."""
+
+    action: str
+    reason: str = ""
+
+
+def cached_run_state(run_dir: Path, fp: dict) -> RunState:
+    run_dir = Path(run_dir)
+    held = held_run_files(run_dir)
+    old = read_fingerprint(run_dir)
+    if not held:
+        return RunState("new")
+    if old is None:
+        return RunState("stale", "no fingerprint.json (written by an older leancnn)")
+    if old["fingerprint"] != fp["fingerprint"]:
+        diffs = fingerprint_changes(old, fp)
+        return RunState("stale", "; ".join(diffs) if diffs else "fingerprint differs")
+    if "summary.json" in held:
+        return RunState("done")
+    return RunState("resume") if "last.pt" in held else RunState("stale", "best.pt without last.pt")
