@@ -19,7 +19,7 @@ from leancnn.errors import ConfigError
 
 KEYS = sorted(flatten(to_dict(ExperimentConfig())))
 SECTIONS = sorted({k.split(".")[0] for k in KEYS})
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 scalars = st.one_of(
