@@ -140,3 +140,21 @@ def test_insert_bad_name_lists_valid_names():
     with pytest.raises(ValueError, match="cannot insert MixStyle after 'layer9': not a module of ResNet; "
                                          "valid names include: stem, stem.0"):
         insert_mixstyle(model, ["layer9"])
+
+
+def test_a_deep_copy_mixes_with_its_own_mixstyle():
+    """The insertion hook is an object, so a deep copy's hook calls the copy's MixStyle, not the original's
+    (a closure would keep pointing at the original: the copy would share its switch and its random draws)."""
+    import copy
+
+    import leancnn
+    from leancnn.nn.mixstyle import deactivate_mixstyle, insert_mixstyle, mixstyle_modules
+
+    model = leancnn.create_model("resnet20").train()
+    insert_mixstyle(model, ["layer1"], p=1.0)
+    twin = copy.deepcopy(model)
+    deactivate_mixstyle(model)  # the original stops mixing; the copy must not
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        twin(x)
+    assert mixstyle_modules(twin)[0].last_draw and not mixstyle_modules(model)[0].last_draw

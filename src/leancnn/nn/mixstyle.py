@@ -147,6 +147,17 @@ def without_mixstyle(model: nn.Module) -> Iterator[None]:
         yield
 
 
+class _ApplyAfter:
+    """Forward hook that passes a module's output through a MixStyle. An object (not a closure), so that
+    ``copy.deepcopy`` of the model gives a copy whose hook calls the copy's own MixStyle."""
+
+    def __init__(self, ms: MixStyle):
+        self.ms = ms
+
+    def __call__(self, module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+        return self.ms(out)
+
+
 def insert_mixstyle(model: nn.Module, after: Sequence[str], p: float = 0.5, alpha: float = 0.1,
                     mix: str = "random", seed: int = 0) -> list[MixStyle]:
     """Apply a MixStyle to the output of each named module of ``model`` (forward hooks; the state dict is
@@ -164,7 +175,7 @@ def insert_mixstyle(model: nn.Module, after: Sequence[str], p: float = 0.5, alph
     for i, name in enumerate(after):
         ms = MixStyle(p, alpha, mix=mix, generator=torch.Generator().manual_seed(seed * 1000 + i))
         layers[name.replace(".", "__")] = ms
-        modules[name].register_forward_hook(lambda mod, args, out, ms=ms: ms(out))
+        modules[name].register_forward_hook(_ApplyAfter(ms))
     layers.train(model.training)  # a model already in eval mode must not start mixing
     model.mixstyle = layers
     return list(layers.values())
