@@ -148,10 +148,10 @@ DDP_OVERRIDES = ["model.name=digits_cnn", "data.limit_train=128", "data.limit_ev
 
 def _replay(world: int, ranks: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Replay DDP by hand: each rank's local batch from DistributedSampler, the gradients of ``ranks``
-    (default: all) averaged, one SGD step per batch."""
+    (default: all) averaged, one SGD step per batch; in the channels-last layout the CPU run trains in."""
     cfg = load_config(None, DDP_OVERRIDES)
     seed_everything(cfg.train.seed)
-    model = create_model(cfg.model.name)
+    model = create_model(cfg.model.name).to(memory_format=torch.channels_last)
     from leancnn.train import build_optimizer
 
     opt = build_optimizer(model, cfg.optim)
@@ -167,7 +167,7 @@ def _replay(world: int, ranks: list[int] | None = None) -> dict[str, torch.Tenso
         grads = []
         for rank in ranks if ranks is not None else range(world):
             batch = [train_ds[i] for i in shards[rank][step]]
-            x = torch.stack([b[0] for b in batch])
+            x = torch.stack([b[0] for b in batch]).contiguous(memory_format=torch.channels_last)
             y = torch.tensor([b[1] for b in batch])
             model.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -175,7 +175,7 @@ def _replay(world: int, ranks: list[int] | None = None) -> dict[str, torch.Tenso
         for p, *gs in zip(model.parameters(), *grads):
             p.grad = torch.stack(gs).mean(0)
         opt.step()
-    return model.state_dict()
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def test_ddp_two_processes_equals_averaged_update(tmp_path):

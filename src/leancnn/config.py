@@ -197,6 +197,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = rule(0, ge=0)  # torch intra-op threads; 0 = torch's default
     deterministic: bool = True  # deterministic kernels where the backend offers them
+    # layout of the model and of every batch: auto = channels-last for conv nets on the CPU, the faster of the
+    # two (timed) on CUDA; results differ between layouts only by float rounding (docs/training.md)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False  # torch.compile the training step (opt-in: compile time vs steady-state gain measured)
 
 
 @dataclass
@@ -256,7 +260,8 @@ class ExperimentConfig:
 
 # Keys that change how a run executes but not what it computes: ignored by run fingerprints (a finished run is
 # reused whatever they are) and free to change on --resume.
-RUNTIME_KEYS = ("name", "output_dir", "data.eval_batch_size", "data.num_workers", "train.threads")
+RUNTIME_KEYS = ("name", "output_dir", "data.eval_batch_size", "data.num_workers", "train.threads",
+                "train.memory_format", "train.compile")
 # Keys that may change on --resume (besides RUNTIME_KEYS): more (or as many) epochs, another device.
 RESUMABLE_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.device")
 

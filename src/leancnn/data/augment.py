@@ -1,6 +1,7 @@
 """Batched augmentations on normalised image tensors ``[B, C, H, W]`` (on any device), for FixMatch-style training.
 
-Both draw from the global torch RNG (saved in checkpoints, so resumed runs continue the same stream).
+Both draw from the global torch RNG (saved in checkpoints, so resumed runs continue the same stream), and both
+return their result in the layout of their input (channels-last batches stay channels-last).
 
 * :func:`weak_augment`: a random translation of up to ``max_shift`` pixels (edges replicated), per sample.
 * :func:`strong_augment`: a RandAugment-like mix suited to digits, per sample: random affine (rotation,
@@ -15,6 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..nn.layout import same_layout
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -38,7 +41,7 @@ def random_affine(x: torch.Tensor, degrees: float = 0.0, shear: float = 0.0, sca
     theta[:, 1, 1] = (cos + sh * sin) / s
     theta[:, :, 2] = t
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return same_layout(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False), x)
 
 
 def weak_augment(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
@@ -52,7 +55,7 @@ def weak_augment(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     cols = (off[:, 1:2] + torch.arange(w)).to(x.device)  # [B, W]
     bi = torch.arange(b, device=x.device).view(b, 1, 1)
     out = padded.permute(0, 2, 3, 1)[bi, rows.view(b, h, 1), cols.view(b, 1, w)]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2).contiguous()
+    return same_layout(out.permute(0, 3, 1, 2), x)  # the gather is channels-last already
 
 
 def cutout(x: torch.Tensor, size: int, value: float = 0.0) -> torch.Tensor:
@@ -68,7 +71,7 @@ def cutout(x: torch.Tensor, size: int, value: float = 0.0) -> torch.Tensor:
 
 def strong_augment(x: torch.Tensor, cutout_frac: float = 0.5) -> torch.Tensor:
     """RandAugment-like strong augmentation for normalised (range [-1, 1]) digit images."""
-    b = x.shape[0]
+    b, like = x.shape[0], x
     dev = x.device
     x = random_affine(x, degrees=30, shear=0.3, scale=(0.85, 1.15), translate=0.125)
     shape = (b, 1, 1, 1)
@@ -82,7 +85,7 @@ def strong_augment(x: torch.Tensor, cutout_frac: float = 0.5) -> torch.Tensor:
     x = torch.where(invert, -x, x).clamp(-1, 1)
     if cutout_frac > 0:
         x = cutout(x, max(1, int(round(cutout_frac * x.shape[-1]))), 0.0)
-    return x
+    return same_layout(x, like)
 
 
 __all__ = ["cutout", "random_affine", "strong_augment", "weak_augment"]

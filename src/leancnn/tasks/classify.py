@@ -12,11 +12,12 @@ from .. import report
 from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
 from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler, domain_digest
 from ..data.augment import strong_augment, weak_augment
-from ..data.digits import NUM_CLASSES
+from ..data.digits import NUM_CLASSES, SIZE
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, check_writable_file, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
+from ..nn.layout import convert_model, model_memory_format, resolve_memory_format, to_device, warn_layout_breaks
 from ..nn.mixstyle import deactivate_mixstyle, insert_mixstyle
 from ..nn.tap import WithFeatures
 from ..train import (
@@ -47,6 +48,8 @@ from .runs import (
     world_size_from_env,
     write_fingerprint,
 )
+
+IMAGE_SHAPE = (3, SIZE, SIZE)  # every digit domain: 3x32x32
 
 
 def configure_torch(cfg: ExperimentConfig, device: torch.device) -> None:
@@ -267,6 +270,17 @@ def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: 
     return results
 
 
+def memory_format_for(cfg: ExperimentConfig, model, device: torch.device, batch: int = 2) -> torch.memory_format:
+    """``train.memory_format`` resolved for this model and device (on CUDA ``auto`` times both layouts on a
+    batch of the data's shape); a channels-last choice is checked once on a tiny batch and the layers that lose
+    the layout are named in a warning."""
+    example = torch.zeros(max(2, batch), *IMAGE_SHAPE)
+    fmt = resolve_memory_format(cfg.train.memory_format, model, device, example)
+    if fmt in (torch.channels_last, torch.channels_last_3d):
+        warn_layout_breaks(convert_model(model.to(device), fmt), example[:2].to(device))
+    return fmt
+
+
 def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
     """Content digests of every domain a run reads (part of its fingerprint)."""
     names = [*cfg.data.domains, *cfg.data.test_domains, *cfg.semi.unlabeled_domains]
@@ -321,7 +335,8 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         args = (model, loss, optimizer, scheduler, loader,
                 eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                 cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
-                ctx, list(callbacks), cfg.loss.feature_layer or None)
+                ctx, list(callbacks), cfg.loss.feature_layer or None,
+                memory_format_for(cfg, model, device, loader.batch_size), cfg.train.compile)
         if u_loader is None:
             trainer = Trainer(*args)
         else:
@@ -444,6 +459,7 @@ def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, spli
     model = build_model(cfg)
     load_model_state(model, state, f"checkpoint '{state['path']}'")
     model.to(dev)
+    convert_model(model, memory_format_for(cfg, model, dev))  # evaluation follows train.memory_format
     domains = domains or (cfg.data.test_domains or cfg.data.domains)
     _check_domains(domains, "--domains")
     tests = {d: DigitsDataset([d], split, seed=cfg.data.split_seed) for d in domains}
@@ -465,7 +481,7 @@ def variance_and_correctness(model, ds: Dataset, cfg: ExperimentConfig, device: 
     variances, correct = [], []
     try:
         for batch in eval_loader(ds, cfg.data.eval_batch_size):
-            logits, features = tap(batch[0].to(device))
+            logits, features = tap(to_device(batch[0], device, model_memory_format(model)))
             variances.append(feature_variance(features).double().cpu())
             correct.append((logits.argmax(1).cpu() == batch[1]))
     finally:

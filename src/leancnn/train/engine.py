@@ -6,6 +6,11 @@ from ``forward_features``), an optimiser, a per-step scheduler and data loaders.
 evaluates, appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt`` on a new best
 validation accuracy) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off.
 Under ``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
+
+``memory_format`` (e.g. ``torch.channels_last``, chosen by the task from ``train.memory_format``) converts the
+model once and every batch once on its way to the device; checkpoints are saved in the default layout, so they
+load into either. ``compile=True`` runs the training step through ``torch.compile``; the model that is
+evaluated and saved stays the plain module.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LeancnnError
 from ..io import append_jsonl, atomic_write_text
+from ..nn.layout import contiguous_state, convert_model, match_optimizer_state, model_memory_format, to_device
 from ..nn.tap import WithFeatures
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .distributed import DistContext, all_gather_objects, barrier, reduce_sum
@@ -44,6 +50,22 @@ def accepts_features(loss_fn: Callable) -> bool:
     return "features" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def contiguous_optimizer_state(state: dict) -> dict:
+    """An optimiser state dict with its per-parameter tensors in the default layout (layout-free checkpoints)."""
+    per_param = {i: contiguous_state(s) for i, s in state.get("state", {}).items()}
+    return {**state, "state": per_param}
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)``, with inductor's cache kept inside leancnn's cache directory."""
+    import os
+
+    from ..io import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    return torch.compile(module)
+
+
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Datasets yield ``(x, y)`` or ``(x, y, domain, ...)``."""
     return batch[0], batch[1]
@@ -55,14 +77,18 @@ def progress_enabled(ctx: DistContext) -> bool:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, desc: str = "eval",
-             show_progress: bool = False, amp: bool = False) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 accuracy and sample count of ``model`` on ``loader``."""
+             show_progress: bool = False, amp: bool = False,
+             memory_format: torch.memory_format | None = None) -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 accuracy and sample count of ``model`` on ``loader``. Batches go into
+    ``memory_format`` (default: the layout of the model's weights)."""
+    if memory_format is None:
+        memory_format = model_memory_format(model)
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
         x, y = split_batch(batch)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device, memory_format), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -91,6 +117,8 @@ class Trainer:
     dist: DistContext = field(default_factory=DistContext)
     callbacks: list[Callable[["Trainer", dict], None]] = field(default_factory=list)  # after each epoch
     feature_layer: str | None = None  # features for the loss from this module (default: forward_features)
+    memory_format: torch.memory_format | None = None  # layout of the model and every batch (None: as they come)
+    compile: bool = False  # torch.compile the network the training step runs (the saved model stays plain)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -98,6 +126,7 @@ class Trainer:
             warnings.warn("train.amp needs CUDA; training in float32 on the CPU")
             self.amp = False
         self.model.to(self.device)
+        convert_model(self.model, self.memory_format)  # once; batches are converted on transfer
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
         self.use_features = accepts_features(self.loss_fn)
@@ -111,7 +140,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DDP(net, device_ids=ids)
-        self.net = net
+        self.net = compile_module(net) if self.compile else net
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0  # completed epochs
         self.best_acc = -math.inf
@@ -122,9 +151,9 @@ class Trainer:
     def state_dict(self) -> dict:
         rng = all_gather_objects(get_rng_state(), self.dist)
         return {
-            "model": self.model.state_dict(),
+            "model": contiguous_state(self.model.state_dict()),  # layout-free: loads into either layout
             "model_name": getattr(self.model, "model_name", None),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": contiguous_optimizer_state(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
@@ -139,6 +168,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         load_model_state(self.model, state, f"checkpoint '{state.get('path', '?')}'")
         self.optimizer.load_state_dict(state["optimizer"])
+        match_optimizer_state(self.optimizer)  # momentum / moments in the layout of their parameters
         self.scheduler.load_state_dict(state["scheduler"])
         self._sync_lr()
         self.scaler.load_state_dict(state["scaler"])
@@ -150,6 +180,10 @@ class Trainer:
             warnings.warn(f"checkpoint was written by {len(rng)} process(es), resuming with "
                           f"{self.dist.world_size}: random streams restart from rank-0's state")
         set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the training device, in the model's layout (one copy)."""
+        return to_device(x, self.device, self.memory_format)
 
     def _sync_lr(self) -> None:
         """Set each group's lr from this trainer's schedule at the restored step. A checkpoint restores the
@@ -187,7 +221,7 @@ class Trainer:
                    disable=not progress_enabled(self.dist))
         for batch in bar:
             x, y = split_batch(batch)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self.to_device(x), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 if self.use_features:
                     logits, features = self.net(x)
@@ -233,7 +267,8 @@ class Trainer:
             record = {"epoch": self.epoch + 1, "lr": lr, **self.train_one_epoch()}
             self.epoch += 1
             if self.dist.is_main and self.val_loader is not None:
-                val = evaluate(self.model, self.val_loader, self.device, "val", progress_enabled(self.dist), self.amp)
+                val = evaluate(self.model, self.val_loader, self.device, "val", progress_enabled(self.dist), self.amp,
+                               self.memory_format)
                 record.update(val_loss=val["loss"], val_acc=val["acc"])
             is_best = record.get("val_acc", -math.inf) > self.best_acc
             if is_best:

@@ -91,8 +91,8 @@ class SemiTrainer(Trainer):
         dev, amp = self.device, self.amp
         for batch_u in bar:
             batch_l = next(labeled)
-            x_l, y_l = batch_l[0].to(dev, non_blocking=True), batch_l[1].to(dev, non_blocking=True)
-            x_u, y_u = batch_u[0].to(dev, non_blocking=True), batch_u[1].to(dev, non_blocking=True)
+            x_l, y_l = self.to_device(batch_l[0]), batch_l[1].to(dev, non_blocking=True)
+            x_u, y_u = self.to_device(batch_u[0]), batch_u[1].to(dev, non_blocking=True)
             n_l, n_u = len(y_l), len(y_u)
             xw_l, xw_u = self.weak(x_l), self.weak(x_u)
             with torch.no_grad(), self._mix(None), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
