@@ -47,3 +47,10 @@ def ratio_cells(base: Sequence[float], other: Sequence[float]) -> list[str]:
     ratios = sorted(o / b for b, o in zip(base, other))
     return [f"{1e3 * m_base:.1f}", f"{1e3 * m_other:.1f}", f"{m_other / m_base:.3f}",
             f"{ratios[0]:.3f}–{ratios[-1]:.3f}", f"{100 * (m_other / m_base - 1):+.1f}%"]
+
+
+def write_section(doc: str, key: str, heading: str, body: str, note: str = "") -> None:
+    """Write ``body``, then the command (with ``note``) and the machine, as section ``key`` of ``docs/<doc>``."""
+    from leancnn.report import update_doc_section
+
+    update_doc_section(DOCS / doc, key, f"{body}\n\nCommand: `{command()}`{note}  \nMachine: {machine()}", heading)
