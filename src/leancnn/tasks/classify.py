@@ -17,7 +17,14 @@ from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, check_writable_file, ensure_writable_dir
 from ..losses import build_loss, feature_variance
 from ..models import create_model
-from ..nn.layout import convert_model, model_memory_format, resolve_memory_format, to_device, warn_layout_breaks
+from ..nn.layout import (
+    convert_model,
+    format_name,
+    model_memory_format,
+    resolve_memory_format,
+    to_device,
+    warn_layout_breaks,
+)
 from ..nn.mixstyle import deactivate_mixstyle, insert_mixstyle
 from ..nn.tap import WithFeatures
 from ..train import (
@@ -270,12 +277,17 @@ def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: 
     return results
 
 
-def memory_format_for(cfg: ExperimentConfig, model, device: torch.device, batch: int = 2) -> torch.memory_format:
+def memory_format_for(cfg: ExperimentConfig, model, device: torch.device, batch: int = 2,
+                      ctx: DistContext | None = None) -> torch.memory_format:
     """``train.memory_format`` resolved for this model and device (on CUDA ``auto`` times both layouts on a
-    batch of the data's shape); a channels-last choice is checked once on a tiny batch and the layers that lose
-    the layout are named in a warning."""
+    batch of the data's shape; under DDP rank 0's choice holds for every rank, so all train in one layout); a
+    channels-last choice is checked once on a tiny batch and the layers that lose the layout are named in a
+    warning."""
     example = torch.zeros(max(2, batch), *IMAGE_SHAPE)
     fmt = resolve_memory_format(cfg.train.memory_format, model, device, example)
+    if ctx is not None and ctx.enabled:
+        names = {format_name(f): f for f in (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)}
+        fmt = names[all_gather_objects(format_name(fmt), ctx)[0]]
     if fmt in (torch.channels_last, torch.channels_last_3d):
         warn_layout_breaks(convert_model(model.to(device), fmt), example[:2].to(device))
     return fmt
@@ -336,7 +348,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
                 eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers),
                 cfg.train.epochs, run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp,
                 ctx, list(callbacks), cfg.loss.feature_layer or None,
-                memory_format_for(cfg, model, device, loader.batch_size), cfg.train.compile)
+                memory_format_for(cfg, model, device, loader.batch_size, ctx), cfg.train.compile)
         if u_loader is None:
             trainer = Trainer(*args)
         else:
