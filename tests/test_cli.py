@@ -134,7 +134,7 @@ def test_models_pattern_and_input(capsys):
 @pytest.mark.parametrize("size", ["3xAx3", "0x32x32", "32", "3x-1x32", "x"])
 def test_models_bad_input_size(capsys, size):
     msg = one_error_line(cli(capsys, "models", "resnet20", "--input", size), "models")
-    assert msg == f"input size '{size}' is not of the form CxHxW (e.g. 3x32x32)"
+    assert msg == f"input size '{size}' is not of the form CxHxW or CxTxHxW (e.g. 3x32x32, 3x8x172x172)"
 
 
 def test_models_other_channel_count(capsys):

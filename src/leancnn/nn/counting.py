@@ -2,11 +2,13 @@
 
 MACs count the multiply-accumulates of convolution and linear layers only (normalisation, activations,
 pooling and additions are not counted), per sample, measured by forward hooks on one forward pass, so they
-follow the real shapes of any input size.
+follow the real shapes of any input size. The pass runs on a copy of the model on the ``meta`` device (shapes
+only, no arithmetic), so a video network at its paper input is counted in milliseconds.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -44,8 +46,11 @@ def count_macs(model: nn.Module, input_size: Sequence[int], per_layer: bool = Fa
     """
     if any(int(s) <= 0 for s in input_size):
         raise ValueError(f"input_size must be positive, got {tuple(input_size)}")
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device is None:  # shapes are all that is needed: a copy on the meta device computes nothing
+        try:
+            return count_macs(copy.deepcopy(model).to("meta"), input_size, per_layer, "meta")
+        except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on the real device
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
     counts: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():

@@ -14,13 +14,13 @@ from ..train.engine import progress_enabled
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
-    """``"3x224x224"`` -> (3, 224, 224)."""
+    """``"3x224x224"`` -> (3, 224, 224); a clip for video models: ``"3x8x172x172"`` -> (3, 8, 172, 172)."""
     try:
         size = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
         size = ()
-    if len(size) != 3 or any(v <= 0 for v in size):
-        raise LeancnnError(f"input size '{text}' is not of the form CxHxW (e.g. 3x32x32)")
+    if len(size) not in (3, 4) or any(v <= 0 for v in size):
+        raise LeancnnError(f"input size '{text}' is not of the form CxHxW or CxTxHxW (e.g. 3x32x32, 3x8x172x172)")
     return size
 
 
