@@ -20,8 +20,8 @@ import leancnn
 from leancnn.cli import main
 from leancnn.config import ConfigError, load_config, to_dict
 from leancnn.data import DigitsDataset, digits
-from leancnn.data.digits import grid_suffixes
 from leancnn.models import list_models
+from leancnn.report import figure_suffixes as grid_suffixes
 from leancnn.tasks.classify import build_model, config_from_checkpoint, eval_loader, evaluate_checkpoint
 from leancnn.train import evaluate, load_model_state
 from leancnn.train.checkpoint import load_checkpoint

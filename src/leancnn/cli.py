@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -193,27 +192,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
-def _rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .train.distributed import env_rank
+
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
-        if _rank() == 0:
+        if env_rank() == 0:
             print("interrupted", file=sys.stderr)
         return 130
     except (LeancnnError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError) as e:
         if args.debug:
             raise
-        if _rank() == 0:  # under torchrun every rank meets the same error: rank 0 reports it
+        if env_rank() == 0:  # under torchrun every rank meets the same error: rank 0 reports it
             message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # always one line
             print(f"leancnn {args.command}: error: {message}", file=sys.stderr)
         return 2

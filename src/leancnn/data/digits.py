@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..io import atomic_path, cache_dir
-from ..report import figure_format, figure_suffixes
+from ..report import figure_format
 
 __all__ = [
     "DOMAINS",
@@ -340,16 +340,6 @@ class DigitsDataset(Dataset):
 
 GRID_MAX_PER_DOMAIN = 100  # 100 x 4 domains is a 10,000 x 460 pixel image; more only costs time and memory
 
-def grid_suffixes() -> tuple[str, ...]:
-    """File suffixes :func:`sample_grid` can write (those of :func:`leancnn.report.figure_suffixes`)."""
-    return figure_suffixes()
-
-
-def grid_format(path, what: str = "path") -> str:
-    """The image format named by ``path``'s suffix (see :func:`leancnn.report.figure_format`)."""
-    return figure_format(path, what)
-
-
 def check_grid_per_domain(per_domain: int, what: str = "per_domain") -> None:
     if not 1 <= per_domain <= GRID_MAX_PER_DOMAIN:
         raise ConfigError(f"{what} must be between 1 and {GRID_MAX_PER_DOMAIN}, got {per_domain}")
@@ -359,7 +349,7 @@ def sample_grid(
     domains: Sequence[str], path, per_domain: int = 10, seed: int = 0, cache: Path | None = None
 ) -> Path:
     """Write a grid of samples, one row per domain (one image per class when ``per_domain == 10``), in the
-    format ``path``'s suffix names (:func:`grid_suffixes`). Every argument is checked before any work."""
+    format ``path``'s suffix names (:func:`leancnn.report.figure_suffixes`). Every argument is checked before any work."""
     from matplotlib.figure import Figure
 
     domains = (domains,) if isinstance(domains, str) else tuple(domains)
@@ -368,7 +358,7 @@ def sample_grid(
     for name in domains:
         _check_name(name)
     check_grid_per_domain(per_domain)
-    fmt = grid_format(path)
+    fmt = figure_format(path)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(1.0 * per_domain + 0.6, 1.15 * len(domains)))
     axes = fig.subplots(len(domains), per_domain, squeeze=False)

@@ -68,12 +68,13 @@ def dataset_rows(names: list[str] | None = None, progress: bool | None = None) -
 
 def write_sample_grid(names: list[str] | None, out, per_domain: int = 10, seed: int = 0) -> Path:
     """``leancnn data grid``: every argument checked (naming its option) before any domain is loaded."""
-    from ..data.digits import check_domain_names, check_grid_per_domain, grid_format, sample_grid
+    from ..data.digits import check_domain_names, check_grid_per_domain, sample_grid
+    from ..report import figure_format
 
     names = list(names or DOMAINS)
     check_domain_names(names)
     check_grid_per_domain(per_domain, "--per-domain")
-    grid_format(out, "-o/--out")
+    figure_format(out, "-o/--out")
     return sample_grid(names, out, per_domain=per_domain, seed=seed)
 
 

@@ -169,19 +169,27 @@ def build_unlabeled(cfg: ExperimentConfig) -> Dataset:
     return _limit(ds, data.limit_train, data.split_seed + 3)
 
 
+def check_batch_layout(batch_size: int, world_size: int, sampler: str = "random", domains_per_batch: int = 2,
+                       key: str = "data.batch_size") -> None:
+    """A global batch (config key ``key``) must split evenly over the processes, and with the domain sampler each
+    process's batch over ``domains_per_batch`` domains."""
+    if batch_size % world_size:
+        raise LeancnnError(f"config key '{key}' ({batch_size}) is not divisible by the {world_size} processes")
+    local = batch_size // world_size
+    if sampler == "domain" and (domains_per_batch < 1 or local % domains_per_batch):
+        raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
+                           f"data.domains_per_batch={domains_per_batch}")
+
+
 def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_workers: int = 0,
-                 sampler: str = "random", domains_per_batch: int = 2) -> DataLoader:
+                 sampler: str = "random", domains_per_batch: int = 2, key: str = "data.batch_size") -> DataLoader:
     """Shuffled by a generator seeded with (seed, epoch) and sharded over DDP ranks; ``batch_size`` is global.
 
     ``sampler="domain"``: every local batch is ``domains_per_batch`` domains × k samples laid out contiguously
     (:class:`DomainBalancedSampler`, dealt out by rank), with as many steps per epoch as the plain sampler."""
-    if batch_size % ctx.world_size:
-        raise LeancnnError(f"data.batch_size={batch_size} is not divisible by the {ctx.world_size} processes")
+    check_batch_layout(batch_size, ctx.world_size, sampler, domains_per_batch, key)
     local = batch_size // ctx.world_size
     if sampler == "domain":
-        if domains_per_batch < 1 or local % domains_per_batch:
-            raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
-                               f"data.domains_per_batch={domains_per_batch}")
         try:
             chosen = DomainBalancedSampler(domain_labels(ds), domains_per_batch, local // domains_per_batch,
                                            seed=seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -224,10 +232,10 @@ def build_model(cfg: ExperimentConfig):
     return model
 
 
-def check_experiment(cfg: ExperimentConfig, world_size: int = 1) -> None:
+def check_experiment(cfg: ExperimentConfig, world_size: int = 1):
     """Every check of a classification run that needs no data read and nothing written: domain names, classes
     against the data, module names against the built model, the loss's options, batch layout over
-    ``world_size`` processes. Raises one :class:`LeancnnError` naming the key."""
+    ``world_size`` processes. Raises one :class:`LeancnnError` naming the key; returns the model it built."""
     data = cfg.data
     _check_domains(data.domains, "data.domains")
     _check_domains(data.test_domains, "data.test_domains")
@@ -235,16 +243,10 @@ def check_experiment(cfg: ExperimentConfig, world_size: int = 1) -> None:
     if cfg.model.num_classes < NUM_CLASSES:
         raise LeancnnError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the digit data has "
                            f"{NUM_CLASSES} classes (labels 0-{NUM_CLASSES - 1}); set it to >= {NUM_CLASSES}")
-    batches = [("data.batch_size", data.batch_size)]
+    check_batch_layout(data.batch_size, world_size, data.sampler, data.domains_per_batch)
     if cfg.semi.mode != "off":
-        batches.append(("semi.unlabeled_batch_size", cfg.semi.unlabeled_batch_size or data.batch_size))
-    for key, batch in batches:
-        if batch % world_size:
-            raise LeancnnError(f"config key '{key}' ({batch}) is not divisible by the {world_size} processes")
-    local = data.batch_size // world_size
-    if data.sampler == "domain" and local % data.domains_per_batch:
-        raise LeancnnError(f"data.sampler=domain: the per-process batch {local} must be a multiple of "
-                           f"data.domains_per_batch={data.domains_per_batch}")
+        check_batch_layout(cfg.semi.unlabeled_batch_size or data.batch_size, world_size,
+                           key="semi.unlabeled_batch_size")
     try:
         model = build_model(cfg)
     except TypeError as e:  # a builder argument that does not exist (model.kwargs)
@@ -258,6 +260,7 @@ def check_experiment(cfg: ExperimentConfig, world_size: int = 1) -> None:
             WithFeatures(model, cfg.loss.feature_layer).remove()
         except ValueError as e:
             raise LeancnnError(f"config key 'loss.feature_layer': {e}") from None
+    return model
 
 
 def test_model(model, tests: dict[str, Dataset], cfg: ExperimentConfig, device: torch.device,
@@ -311,15 +314,14 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
     Everything that can fail on bad input (config, data, checkpoint, run directory) is checked before a file
     is written. ``resume`` continues a checkpoint (only ``RESUMABLE_KEYS`` may differ from its config);
     ``force`` replaces a run that ``out`` already holds (see :mod:`leancnn.tasks.runs`)."""
-    check_experiment(cfg, world_size_from_env())
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank
+    model = check_experiment(cfg, world_size_from_env())  # the model the checks built is the one trained
     device = resolve_device(cfg.train.device)
     ctx = init_distributed(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     try:
         configure_torch(cfg, device)
-        seed_everything(cfg.train.seed)
-        model = build_model(cfg)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
         train_ds, val_ds, tests = build_datasets(cfg.data, label_seed=cfg.train.seed)
         loader = train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx, cfg.data.num_workers,
@@ -329,7 +331,8 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         u_loader = None
         if cfg.semi.mode != "off":
             u_batch = cfg.semi.unlabeled_batch_size or cfg.data.batch_size
-            u_loader = train_loader(build_unlabeled(cfg), u_batch, cfg.train.seed + 1, ctx, cfg.data.num_workers)
+            u_loader = train_loader(build_unlabeled(cfg), u_batch, cfg.train.seed + 1, ctx, cfg.data.num_workers,
+                                    key="semi.unlabeled_batch_size")
             if len(u_loader) == 0:
                 raise LeancnnError("the unlabelled set gives no batch; lower semi.unlabeled_batch_size")
         optimizer = build_optimizer(model, cfg.optim)

@@ -25,7 +25,7 @@ from ..errors import LeancnnError
 from ..models import get_model_entry
 from ..nn import count_macs, count_params
 from ..train import load_checkpoint, load_model_state
-from .classify import build_datasets, build_model, check_experiment, test_rows, train, variance_and_correctness
+from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
 from .lodo import run_lodo, table
 from .runs import check_path_arg, held_run_files
 
@@ -115,7 +115,6 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
     is refused unless ``force`` (stage 2's runs are then reused where their fingerprints match)."""
     start = time.perf_counter()
     out = check_path_arg(out, "-o") or Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_experiment(cfg)
     if not force and ((out / "report.md").exists() or held_run_files(out / "train")):
         raise LeancnnError(f"'{out}' already holds a demo; add --force to replace it, or choose another -o")
     print(f"[demo 1/2] training {cfg.model.name} with loss '{cfg.loss.name}' on {', '.join(cfg.data.domains)} "

@@ -24,6 +24,14 @@ class DistContext:
         return self.rank == 0
 
 
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 without it); readable before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def init_distributed(device: torch.device) -> DistContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
