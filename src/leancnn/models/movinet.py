@@ -24,8 +24,14 @@ frame), then the classifier: 1×1×1 conv to 2048 (bias, swish, dropout) and 1×
 Parameter counts equal the reference (PyTorch counts, BN running statistics excluded): A0 3,111,799 base /
 3,748,031 stream, ..., A5 18,650,523 / 31,495,875 + 59 (``tests/test_movinet.py``).
 
-Not here yet (issue 10, next steps): the stream-step API with an explicit state and its parity tests, video
-data, training with sub-clips, ensembles, ONNX export of the stream step, the ``leancnn video`` command.
+**Stream state** (stream models): ``logits, state = model.stream_step(frames, state)`` takes any number of
+frames ``T >= 1`` and a plain dict of tensors from ``model.init_state(batch, height, width)``; whatever the
+chunking, the logits equal those of the whole clip (``tests/test_movinet_stream.py``). The state, per layer
+``block{b}_layer{l}_``: ``stream_buffer`` ``[B, E, kt-1, H', W']`` (the last ``kt - 1`` outputs of the spatial
+conv, the temporal conv's past; (2+1)-D placement, as TF) and ``pool_buffer`` ``[B, E, 1, 1, 1]`` (the sum of the
+SE's per-frame spatial means); ``head_pool_buffer`` ``[B, P, 1, 1, 1]`` (the sum of the head's per-frame means)
+and ``frame_count`` (int64 ``[1]``; the cumulative means divide by it and the positional encoding starts at it).
+Its size does not depend on the video's length.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..nn.causal import Conv3dSame, avg_pool_same, cumulative_mean
+from ..nn.causal import Conv3dSame, avg_pool_same, cumulative_mean, stream_cumulative_mean
 from ..nn.layers import make_divisible
 from .registry import register_model
 
@@ -113,15 +119,31 @@ class ConvBnAct3d(nn.Sequential):
             layers.append(act())
         super().__init__(*layers)
 
+    def stream(self, x: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The causal conv on a sub-clip with its stream buffer, then BN and the activation."""
+        y, buffer = self[0].stream(x, buffer)
+        for module in list(self)[1:]:
+            y = module(y)
+        return y, buffer
 
-def positional_encoding(channels: int, frames: int, start: int = 0, device=None, dtype=None) -> torch.Tensor:
-    """[1, C, T, 1, 1]: angle = pos / 10000^(2 floor(i/2) / C); sin of the even-index angles concatenated with
-    cos of the odd-index angles (TF MoViNet's layout: concatenated, not interleaved)."""
-    pos = torch.arange(start, start + frames, device=device, dtype=torch.float64).view(-1, 1)
-    i = torch.arange(channels, device=device, dtype=torch.float64)
-    angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / channels)  # [T, C]
+
+def positional_encoding(channels: int, frames: int, start: int | torch.Tensor = 0, device=None,
+                        dtype=None) -> torch.Tensor:
+    """[1, C, T, 1, 1] for positions ``start .. start + frames - 1`` (``start`` may be a tensor, e.g. the frame
+    count of a stream state): angle = pos / 10000^(2 floor(i/2) / C); sin of the even-index angles concatenated
+    with cos of the odd-index angles (TF MoViNet's layout: concatenated, not interleaved). Computed in ``dtype``
+    by the same operations whatever ``start`` is, so a stream and a whole clip get bit-identical encodings."""
+    dtype = dtype or torch.get_default_dtype()
+    i = torch.arange(channels, dtype=torch.float64)
+    inv_freq = torch.pow(10000.0, -2 * torch.div(i, 2, rounding_mode="floor") / channels).to(device, dtype)
+    pos = torch.arange(frames, device=device, dtype=dtype)
+    if isinstance(start, torch.Tensor):
+        pos = pos + start.to(device, dtype).reshape(-1)[:1]
+    elif start:
+        pos = pos + start
+    angle = pos.view(-1, 1) * inv_freq.view(1, -1)  # [T, C]
     enc = torch.cat([torch.sin(angle[:, 0::2]), torch.cos(angle[:, 1::2])], dim=1)
-    return enc.to(dtype or torch.get_default_dtype()).t().reshape(1, channels, frames, 1, 1)
+    return enc.t().reshape(1, channels, frames, 1, 1)
 
 
 class SqueezeExcite3d(nn.Module):
@@ -139,15 +161,24 @@ class SqueezeExcite3d(nn.Module):
         self.gate = gate()
         self.pos_scale = nn.Parameter(torch.zeros(())) if positional else None
 
+    def _excite(self, x: torch.Tensor, s: torch.Tensor, start) -> torch.Tensor:
+        if self.pos_scale is not None:
+            s = s + self.pos_scale * positional_encoding(s.shape[1], s.shape[2], start, s.device, s.dtype)
+        return x * self.gate(self.se_expand(self.act(self.se_reduce(s))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stream:
             frame = x.mean((3, 4), keepdim=True)  # [B, C, T, 1, 1]
-            s = torch.cat([cumulative_mean(frame, 2), frame], dim=1)
-            if self.pos_scale is not None:
-                s = s + self.pos_scale * positional_encoding(s.shape[1], s.shape[2], device=s.device, dtype=s.dtype)
-        else:
-            s = x.mean((2, 3, 4), keepdim=True)
-        return x * self.gate(self.se_expand(self.act(self.se_reduce(s))))
+            return self._excite(x, torch.cat([cumulative_mean(frame, 2), frame], dim=1), 0)
+        return self._excite(x, x.mean((2, 3, 4), keepdim=True), 0)
+
+    def stream_step(self, x: torch.Tensor, pool_sum: torch.Tensor, count: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The causal SE on a sub-clip: the cumulative mean continues from ``pool_sum`` (the sum of the spatial
+        means of the ``count`` earlier frames) and the positions from ``count``. Returns (output, new sum)."""
+        frame = x.mean((3, 4), keepdim=True)
+        mean, pool_sum = stream_cumulative_mean(frame, pool_sum, count)
+        return self._excite(x, torch.cat([mean, frame], dim=1), count), pool_sum
 
 
 class MovinetLayer(nn.Module):
@@ -172,14 +203,36 @@ class MovinetLayer(nn.Module):
         self.stride = stride
         self.skip = None if (in_ch == out_ch and stride == 1) else ConvBnAct3d(in_ch, out_ch)
 
+    def _residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = self.projection(y) * self.rezero
+        if self.skip is not None:
+            x = self.skip(avg_pool_same(x) if self.stride > 1 else x)
+        return x + y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.feature(self.expansion(x))
         if self.feature_temporal is not None:
             y = self.feature_temporal(y)
-        y = self.projection(self.se(y)) * self.rezero
-        if self.skip is not None:
-            x = self.skip(avg_pool_same(x) if self.stride > 1 else x)
-        return x + y
+        return self._residual(x, self.se(y))
+
+    def state_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """This layer's stream state for inputs of ``height x width``: the temporal conv's buffer (at the
+        spatial conv's output resolution, (2+1)-D placement) and the SE's running sum."""
+        shapes = {}
+        if self.feature_temporal is not None:  # TF 'same': ceil(size / stride)
+            shapes["stream_buffer"] = self.feature_temporal[0].buffer_shape(batch, -(-height // self.stride),
+                                                                            -(-width // self.stride))
+        shapes["pool_buffer"] = (batch, self.se.se_expand.out_channels, 1, 1, 1)
+        return shapes
+
+    def stream_step(self, x: torch.Tensor, state: dict[str, torch.Tensor], count: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        new = {}
+        y = self.feature(self.expansion(x))
+        if self.feature_temporal is not None:
+            y, new["stream_buffer"] = self.feature_temporal.stream(y, state["stream_buffer"])
+        y, new["pool_buffer"] = self.se.stream_step(y, state["pool_buffer"], count)
+        return self._residual(x, y), new
 
 
 class MoViNet(nn.Module):
@@ -215,16 +268,157 @@ class MoViNet(nn.Module):
         last = self.classifier[-1]
         nn.init.normal_(last.weight, std=0.01)
 
+    # ------------------------------------------------------------------------------------- whole clip
+
+    def _check_clip(self, x, name: str = "x") -> None:
+        c = self.stem[0].in_channels
+        if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[1] != c or 0 in x.shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected a clip [B, {c}, T, H, W] with B, T, H, W >= 1, got {got}")
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or x.shape[1] != self.stem[0].in_channels:
-            raise ValueError(f"expected a clip [B, {self.stem[0].in_channels}, T, H, W], got shape {tuple(x.shape)}")
+        self._check_clip(x)
         return self.head(self.blocks(self.stem(x)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features.mean((2, 3, 4), keepdim=True)).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
+        """Logits of whole clips ``[B, 3, T, H, W]``; with a ``state`` (stream models) this is
+        :meth:`stream_step` and returns ``(logits, new state)`` (so DDP and ``torch.compile`` see it as forward)."""
+        if state is not None:
+            return self.stream_step(x, state)
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------------------------- stream
+
+    def _layers(self):
+        for b, stage in enumerate(self.blocks):
+            for i, layer in enumerate(stage):
+                yield f"block{b}_layer{i}_", layer
+
+    def state_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """Name → shape of every state tensor for ``batch`` clips of ``height x width`` frames. None of them
+        depends on the number of frames: the state is the same size after 1 frame or 10,000."""
+        self._check_stream("state_shapes")
+        for name, v in (("batch", batch), ("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        shapes = {}
+        h, w = -(-height // 2), -(-width // 2)  # after the stem (stride 2, TF 'same')
+        for prefix, layer in self._layers():
+            shapes.update({prefix + k: v for k, v in layer.state_shapes(batch, h, w).items()})
+            h, w = -(-h // layer.stride), -(-w // layer.stride)
+        shapes["head_pool_buffer"] = (batch, self.spec.project, 1, 1, 1)
+        shapes["frame_count"] = (1,)
+        return shapes
+
+    def init_state(self, batch: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """The state at the start of a video: zero buffers (= causal zero padding), zero sums, frame count 0
+        (int64); on the model's device and in its dtype."""
+        p = next(self.parameters())
+        return {k: torch.zeros(v, device=p.device, dtype=torch.int64 if k == "frame_count" else p.dtype)
+                for k, v in self.state_shapes(batch, height, width).items()}
+
+    def _check_stream(self, what: str) -> None:
+        if not self.stream:
+            raise ValueError(f"{what}: {getattr(self, 'model_name', 'this model')} is a base (non-causal) MoViNet; "
+                             "streaming needs a stream model (movinet_aX_stream)")
+
+    def check_state(self, state, frames: torch.Tensor) -> None:
+        """Refuse a state that does not belong to this model, batch size or resolution (one-line ValueError)."""
+        name = getattr(self, "model_name", "this model")
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict of tensors from {name}.init_state(), got {type(state).__name__}")
+        b, _, _, h, w = frames.shape
+        want = self.state_shapes(b, h, w)
+        missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+        if missing or extra:
+            detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                               for label, keys in (("missing", missing), ("unexpected", extra)) if keys)
+            raise ValueError(f"state does not belong to {name} ({detail})")
+        p = next(self.parameters())
+        for key, shape in want.items():
+            t = state[key]
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"state[{key!r}] must be a tensor, got {type(t).__name__}")
+            if tuple(t.shape) != shape:
+                if key != "frame_count" and t.ndim == len(shape) and t.shape[0] != b:
+                    why = f"a state for batch size {t.shape[0]}, frames have batch size {b}"
+                elif key != "frame_count" and t.ndim == len(shape):
+                    why = f"a state for another resolution or model, frames are {h}x{w}"
+                else:
+                    why = "a state from another model"
+                raise ValueError(f"state[{key!r}] has shape {tuple(t.shape)}, {name} needs {shape}: {why}")
+            if t.device != p.device:
+                raise ValueError(f"state[{key!r}] is on {t.device}, the model on {p.device}")
+        if state["frame_count"].dtype.is_floating_point:
+            raise ValueError("state['frame_count'] must be an integer tensor")
+
+    def stream_step(self, frames: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Feed the next ``T >= 1`` frames ``[B, 3, T, H, W]`` of a video. ``state``: from :meth:`init_state` or
+        the previous call (``None`` starts a video). Returns the logits for every frame so far (the classifier
+        on the running mean of the head's features) and the new state; the input state is not modified, so it
+        can be kept to branch from. Any chunking of a clip gives the logits of the whole clip."""
+        self._check_stream("stream_step")
+        self._check_clip(frames, "frames")
+        if state is None:
+            state = self.init_state(frames.shape[0], frames.shape[3], frames.shape[4])
+        else:
+            self.check_state(state, frames)
+        count = state["frame_count"]
+        new: dict[str, torch.Tensor] = {}
+        x = self.stem(frames)
+        for prefix, layer in self._layers():
+            n = len(prefix)
+            mine = {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
+            x, out = layer.stream_step(x, mine, count)
+            new.update({prefix + k: v for k, v in out.items()})
+        x = self.head(x)
+        head_sum = state["head_pool_buffer"] + x.mean((3, 4), keepdim=True).sum(2, keepdim=True)
+        new_count = count + frames.shape[2]
+        new["head_pool_buffer"] = head_sum
+        new["frame_count"] = new_count
+        pooled = head_sum / new_count.to(head_sum.dtype).reshape(1, 1, 1, 1, 1)
+        return self.classifier(pooled).flatten(1), new
+
+
+def state_nbytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes held by a stream state."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def detach_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same state cut from the autograd graph (sub-clip training: no gradient flows into earlier clips)."""
+    return {k: v.detach() for k, v in state.items()}
+
+
+class StreamingMovinet:
+    """A stream model with its state kept for you: ``logits = s(frames)`` feeds the next frames of the current
+    video (``[B, 3, T, H, W]``, or one frame ``[B, 3, H, W]``); ``s.reset()`` starts a new video (needed before
+    a batch size or resolution change, which is otherwise refused). Runs under ``torch.inference_mode``."""
+
+    def __init__(self, model: MoViNet):
+        if not isinstance(model, MoViNet):
+            raise ValueError(f"model must be a MoViNet, got {type(model).__name__}")
+        model._check_stream("StreamingMovinet")
+        self.model = model.eval()
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    @property
+    def frames_seen(self) -> int:
+        return 0 if self.state is None else int(self.state["frame_count"].item())
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if isinstance(frames, torch.Tensor) and frames.ndim == 4:
+            frames = frames.unsqueeze(2)
+        with torch.inference_mode():
+            logits, self.state = self.model.stream_step(frames, self.state)
+        return logits
 
 
 def _register(name: str, spec: MovinetSpec, stream: bool) -> None:
@@ -244,4 +438,5 @@ for _name, _spec in SPECS.items():
     _register(_name, _spec, stream=False)
     _register(_name, _spec, stream=True)
 
-__all__ = ["MoViNet", "MovinetSpec", "SPECS", "positional_encoding"]
+__all__ = ["MoViNet", "MovinetSpec", "SPECS", "StreamingMovinet", "detach_state", "positional_encoding",
+           "state_nbytes"]

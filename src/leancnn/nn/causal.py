@@ -34,16 +34,34 @@ class Conv3dSame(nn.Conv3d):
         kt = self.kernel_size[0]
         return (kt - 1, 0) if self.causal else ((kt - 1) // 2, kt // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5:
-            raise ValueError(f"expected a video tensor [B, C, T, H, W], got shape {tuple(x.shape)}")
+    def _padded_conv(self, x: torch.Tensor, front: int, back: int) -> torch.Tensor:
         (_, kh, kw), (_, sh, sw) = self.kernel_size, self.stride
         top, bottom = same_pads(x.shape[3], kh, sh)
         left, right = same_pads(x.shape[4], kw, sw)
-        front, back = self.temporal_pads()
         if top or bottom or left or right or front or back:
             x = F.pad(x, (left, right, top, bottom, front, back))
         return super().forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"expected a video tensor [B, C, T, H, W], got shape {tuple(x.shape)}")
+        return self._padded_conv(x, *self.temporal_pads())
+
+    def buffer_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """Shape of the stream buffer for inputs of ``height x width``: the last ``kt - 1`` input frames."""
+        return batch, self.in_channels, self.kernel_size[0] - 1, height, width
+
+    def stream(self, x: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The causal conv on a sub-clip whose past is ``buffer`` (the last ``kt - 1`` input frames, zeros at
+        the start of a video): valid in time, so the output has one frame per input frame, exactly what the
+        whole clip with causal zero padding gives at those frames. Returns ``(output, new buffer)``; the new
+        buffer is the last ``kt - 1`` frames of ``[buffer, x]`` (older buffer frames roll forward when the
+        sub-clip is shorter than the buffer)."""
+        if not self.causal:
+            raise ValueError("only a causal convolution has a stream buffer")
+        full = torch.cat([buffer, x], dim=2)
+        keep = self.kernel_size[0] - 1
+        return self._padded_conv(full, 0, 0), full[:, :, full.shape[2] - keep:]
 
 
 def avg_pool_same(x: torch.Tensor, kernel=(1, 3, 3), stride=(1, 2, 2)) -> torch.Tensor:
@@ -66,4 +84,17 @@ def cumulative_mean(x: torch.Tensor, dim: int = 2) -> torch.Tensor:
     return x.cumsum(dim) / count.view(shape)
 
 
-__all__ = ["Conv3dSame", "avg_pool_same", "cumulative_mean", "same_pads"]
+def stream_cumulative_mean(x: torch.Tensor, running_sum: torch.Tensor, count: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cumulative_mean` over time (dim 2) continued from earlier sub-clips: ``running_sum`` is the sum of
+    every earlier frame (``[B, C, 1, ...]``, zeros at the start), ``count`` how many there were (a tensor, so
+    exported graphs keep it as an input). Returns ``(means, new running sum)``."""
+    sums = running_sum + x.cumsum(2)
+    steps = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=x.dtype)
+    counts = count.to(x.dtype).reshape(-1) + steps
+    shape = [1] * x.ndim
+    shape[2] = -1
+    return sums / counts.view(shape), sums[:, :, -1:]
+
+
+__all__ = ["Conv3dSame", "avg_pool_same", "cumulative_mean", "same_pads", "stream_cumulative_mean"]
