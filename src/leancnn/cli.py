@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="0/1", metavar="I/N", help="train only runs i, i+n, ... (split over "
                                                                   "processes; re-run with 0/1 to collect)")
 
+    _add_video_parser(sub)
+
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
                                    "runs/demo-<time>/report.md with a results table and the training curves.")
@@ -98,6 +100,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--force", action="store_true", help="replace the demo that -o already holds")
     return parser
+
+
+def _add_video_parser(sub) -> None:
+    p = sub.add_parser("video", help="MoViNet video: train, evaluate, stream frame by frame, ensemble, export",
+                       description="Video classification with MoViNets (docs/movinet.md): train on the moving-digits "
+                                   "actions, evaluate in the frames' order and reversed, stream a video with a "
+                                   "constant-size state, average a temporal ensemble, export the stream step to "
+                                   "ONNX.")
+    vsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = vsub.add_parser("train", help="train a video model from a YAML config (configs/video_*.yaml)")
+    _add_config_args(q)
+    q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
+    q.add_argument("--resume", help="checkpoint to continue exactly (its config is used unless -c is given)")
+    q.add_argument("--force", action="store_true", help="replace the run that -o already holds")
+    q.add_argument("--nproc-per-node", type=int, default=1, metavar="N", help="train with DDP in N processes")
+    q = vsub.add_parser("evaluate", help="test accuracy of a video run, in the frames' order and reversed")
+    q.add_argument("checkpoint", help="a .pt checkpoint or a run directory (best.pt, else last.pt)")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q = vsub.add_parser("ensemble", help="temporal ensemble: member i sees every k-th frame from offset i; "
+                                         "logits averaged")
+    q.add_argument("checkpoints", nargs="+", help="two or more checkpoints or run directories")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q = vsub.add_parser("stream", help="stream a video file, a folder of frames or a synthetic video through a "
+                                       "stream model, printing the running top-k")
+    q.add_argument("source", nargs="?", help="a video file (decoded with PyAV) or a folder of frames")
+    q.add_argument("--synthetic", nargs="?", const="random", metavar="ACTION",
+                   help="instead of SOURCE: moving-digits test clips of ACTION (default: a random one) back to back")
+    q.add_argument("--model", required=True, help="a stream run (checkpoint or run directory) or a registered "
+                                                  "stream model name (random weights, e.g. movinet_a0_stream)")
+    q.add_argument("--frames", type=int, default=128, help="length of the synthetic video (default 128)")
+    q.add_argument("--max-frames", type=int, help="stop after this many frames of SOURCE")
+    q.add_argument("--every", type=int, default=16, help="print the running top-k every N frames (default 16)")
+    q.add_argument("--topk", type=int, default=3)
+    q.add_argument("--chunk", type=int, default=1, help="frames per stream step (default 1)")
+    q.add_argument("--size", help="frame size HxW fed to the model (default: the run's training size)")
+    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q = vsub.add_parser("export", help="export the stream step (state as named inputs/outputs) to ONNX and "
+                                       "check it with onnxruntime")
+    q.add_argument("model", help="a stream run (checkpoint or run directory) or a registered stream model name")
+    q.add_argument("-o", "--out", required=True, help="the .onnx file")
+    q.add_argument("--size", help="frame size HxW (default: the run's training size)")
+    q.add_argument("--frames", type=int, default=1, help="frames per step in the exported graph (default 1)")
+    q = vsub.add_parser("preview", help="write a PNG of example moving-digits clips, a row per action")
+    _add_config_args(q)
+    q.add_argument("-o", "--out", default="moving-digits.png", help="image path (default moving-digits.png)")
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from . import report
+    from .tasks import video
+
+    if args.action == "train":
+        return video.train_command(args.config, args.overrides, args.resume, args.out, args.force,
+                                   args.nproc_per_node, args.debug)
+    if args.action == "evaluate":
+        results = video.evaluate_checkpoint(args.checkpoint, args.split, args.device)
+        print(report.format_table(video.result_rows(results), [f"{args.split} clips", "n", "accuracy", "loss",
+                                                               "errors = reversed action"]))
+    elif args.action == "ensemble":
+        r = video.evaluate_ensemble(args.checkpoints, args.split, args.device)
+        print(report.format_table(video.ensemble_rows(r), ["model", "frames", "GMACs/clip", "accuracy"]))
+    elif args.action == "stream":
+        for line in video.stream_command(args.source, args.synthetic, args.model, args.frames, args.max_frames,
+                                         args.every, args.topk, args.chunk, args.size, args.threads):
+            print(line, flush=True)
+    elif args.action == "export":
+        r = video.export_checkpoint(args.model, args.out, *video.parse_size(args.size), frames=args.frames)
+        print(f"stream step written to {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['height']}x{r['width']}, "
+              f"{r['frames_per_step']} frame(s) per step); onnxruntime vs PyTorch over {r['checked_frames']} "
+              f"frames: max |logit difference| {r['max_abs_diff']:.2e}")
+    elif args.action == "preview":
+        path = video.write_preview(args.config, args.overrides, args.out)
+        print(f"preview written to {path}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -155,6 +233,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{len(results['missing'])} run(s) not finished yet (other shards?); re-run to collect")
         else:
             print(f"table written to {Path(out) / 'lodo.md'}")
+    elif args.command == "video":
+        return _run_video(args)
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo
@@ -175,8 +255,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     sub = parser._subparsers._group_actions[0].choices if parser._subparsers else {}  # noqa: SLF001
     cmd = next((i for i, a in enumerate(argv) if a in sub), None)
     overrides: list[str] = []
-    if cmd is not None and any(a.dest == "overrides" for a in sub[argv[cmd]]._actions):  # noqa: SLF001
-        takes_value = {o for a in sub[argv[cmd]]._actions if a.option_strings and a.nargs is None  # noqa: SLF001
+    command = sub[argv[cmd]] if cmd is not None else None
+    nested = next((a.choices for a in command._actions if isinstance(a, argparse._SubParsersAction)),  # noqa: SLF001
+                  None) if command is not None else None
+    if nested:  # a command with actions (leancnn video train ...): the action's parser takes the overrides
+        cmd = next((i for i in range(cmd + 1, len(argv)) if argv[i] in nested), None)
+        command = nested[argv[cmd]] if cmd is not None else None
+    if command is not None and any(a.dest == "overrides" for a in command._actions):  # noqa: SLF001
+        takes_value = {o for a in command._actions if a.option_strings and a.nargs is None  # noqa: SLF001
                        and not isinstance(a, (argparse._StoreTrueAction, argparse._HelpAction))  # noqa: SLF001
                        for o in a.option_strings}
         rest = argv[:cmd + 1]

@@ -40,8 +40,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..nn.causal import Conv3dSame, avg_pool_same, cumulative_mean, stream_cumulative_mean
+from ..nn.causal import Conv3dSame, avg_pool2d_same, avg_pool_same, conv2d_same, cumulative_mean, stream_cumulative_mean
+from ..nn.fold import fold_conv_bn
 from ..nn.layers import make_divisible
 from .registry import register_model
 
@@ -235,62 +237,16 @@ class MovinetLayer(nn.Module):
         return self._residual(x, y), new
 
 
-class MoViNet(nn.Module):
-    """A MoViNet classifier on clips ``[B, 3, T, H, W]`` (any T ≥ 1, any H, W); ``forward_features`` gives the
-    head's feature map ``[B, project, T, H', W']``, ``forward_head`` pools it over all frames and classifies."""
-
-    def __init__(self, spec: MovinetSpec, num_classes: int = 600, stream: bool = False, positional: bool = False,
-                 dropout: float = 0.2, in_chans: int = 3):
-        super().__init__()
-        act = nn.Hardswish if stream else nn.SiLU
-        self.stream, self.spec = stream, spec
-        self.stem = ConvBnAct3d(in_chans, spec.stem, (1, 3, 3), (1, 2, 2), act=act)
-        blocks, in_ch = [], spec.stem
-        for out_ch, stride, layers in spec.blocks:
-            stage = []
-            for i, (expand, kernel) in enumerate(layers):
-                stage.append(MovinetLayer(in_ch, out_ch, expand, kernel, stride if i == 0 else 1, stream, positional))
-                in_ch = out_ch
-            blocks.append(nn.Sequential(*stage))
-        self.blocks = nn.Sequential(*blocks)
-        self.head = ConvBnAct3d(in_ch, spec.project, act=act)
-        self.classifier = nn.Sequential(nn.Conv3d(spec.project, spec.dense, 1), nn.SiLU(), nn.Dropout(dropout),
-                                        nn.Conv3d(spec.dense, num_classes, 1))
-        self.num_features = spec.project
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        last = self.classifier[-1]
-        nn.init.normal_(last.weight, std=0.01)
-
-    # ------------------------------------------------------------------------------------- whole clip
+class _StreamStateApi(nn.Module):
+    """The clip and stream-state checks shared by :class:`MoViNet` and its inference form
+    :class:`FusedStreamMovinet`: both have ``spec``, ``stream``, ``in_chans`` and ``blocks`` (stages of layers
+    with ``stride`` and ``state_shapes``), so both take and return the same state dict."""
 
     def _check_clip(self, x, name: str = "x") -> None:
-        c = self.stem[0].in_channels
+        c = self.in_chans
         if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[1] != c or 0 in x.shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{name}: expected a clip [B, {c}, T, H, W] with B, T, H, W >= 1, got {got}")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_clip(x)
-        return self.head(self.blocks(self.stem(x)))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features.mean((2, 3, 4), keepdim=True)).flatten(1)
-
-    def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
-        """Logits of whole clips ``[B, 3, T, H, W]``; with a ``state`` (stream models) this is
-        :meth:`stream_step` and returns ``(logits, new state)`` (so DDP and ``torch.compile`` see it as forward)."""
-        if state is not None:
-            return self.stream_step(x, state)
-        return self.forward_head(self.forward_features(x))
-
-    # ------------------------------------------------------------------------------------- stream
 
     def _layers(self):
         for b, stage in enumerate(self.blocks):
@@ -355,6 +311,63 @@ class MoViNet(nn.Module):
         if state["frame_count"].dtype.is_floating_point:
             raise ValueError("state['frame_count'] must be an integer tensor")
 
+
+class MoViNet(_StreamStateApi):
+    """A MoViNet classifier on clips ``[B, 3, T, H, W]`` (any T ≥ 1, any H, W); ``forward_features`` gives the
+    head's feature map ``[B, project, T, H', W']``, ``forward_head`` pools it over all frames and classifies."""
+
+    def __init__(self, spec: MovinetSpec, num_classes: int = 600, stream: bool = False, positional: bool = False,
+                 dropout: float = 0.2, in_chans: int = 3):
+        super().__init__()
+        act = nn.Hardswish if stream else nn.SiLU
+        self.stream, self.spec, self.in_chans = stream, spec, in_chans
+        self.stem = ConvBnAct3d(in_chans, spec.stem, (1, 3, 3), (1, 2, 2), act=act)
+        blocks, in_ch = [], spec.stem
+        for out_ch, stride, layers in spec.blocks:
+            stage = []
+            for i, (expand, kernel) in enumerate(layers):
+                stage.append(MovinetLayer(in_ch, out_ch, expand, kernel, stride if i == 0 else 1, stream, positional))
+                in_ch = out_ch
+            blocks.append(nn.Sequential(*stage))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ConvBnAct3d(in_ch, spec.project, act=act)
+        self.classifier = nn.Sequential(nn.Conv3d(spec.project, spec.dense, 1), nn.SiLU(), nn.Dropout(dropout),
+                                        nn.Conv3d(spec.dense, num_classes, 1))
+        self.num_features = spec.project
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        last = self.classifier[-1]
+        nn.init.normal_(last.weight, std=0.01)
+
+    # ------------------------------------------------------------------------------------- whole clip
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_clip(x)
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features.mean((2, 3, 4), keepdim=True)).flatten(1)
+
+    def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
+        """Logits of whole clips ``[B, 3, T, H, W]``; with a ``state`` (stream models) this is
+        :meth:`stream_step` and returns ``(logits, new state)`` (so DDP and ``torch.compile`` see it as forward)."""
+        if state is not None:
+            return self.stream_step(x, state)
+        return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------------------------- stream
+
+    def fuse_for_inference(self, memory_format: torch.memory_format = torch.channels_last) -> FusedStreamMovinet:
+        """A faster copy of this stream model for inference (:class:`FusedStreamMovinet`): same logits (to
+        float rounding) and the same state dict; this model is not changed."""
+        return FusedStreamMovinet(self, memory_format)
+
     def stream_step(self, frames: torch.Tensor, state: dict[str, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Feed the next ``T >= 1`` frames ``[B, 3, T, H, W]`` of a video. ``state``: from :meth:`init_state` or
@@ -382,6 +395,216 @@ class MoViNet(nn.Module):
         new["frame_count"] = new_count
         pooled = head_sum / new_count.to(head_sum.dtype).reshape(1, 1, 1, 1, 1)
         return self.classifier(pooled).flatten(1), new
+
+
+# ------------------------------------------------------------------------------------- inference form
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+
+
+def _folded(seq: ConvBnAct3d, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight without its temporal axis when that is 1, bias) of ``seq``'s conv with its BatchNorm folded in,
+    times ``scale`` (a ReZero scalar) if given."""
+    conv = fold_conv_bn(seq[0], seq[1])
+    w, b = conv.weight.detach(), conv.bias.detach()
+    if scale is not None:
+        w, b = w * scale.detach(), b * scale.detach()
+    return (w.squeeze(2) if w.shape[2] == 1 else w), b
+
+
+def _check_acts(layer: nn.Module, kinds: tuple) -> None:
+    for m in layer.modules():
+        if isinstance(m, (nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.GELU)) \
+                and not isinstance(m, kinds):
+            raise ValueError(f"cannot fuse a MoViNet with {type(m).__name__} activations")
+
+
+class FusedMovinetLayer(nn.Module):
+    """One stream layer for inference, on frames ``[B*T, C, H, W]``: BatchNorms folded into the convolutions,
+    the ReZero scalar into the projection, 2-D convolutions for the 1×1 and 1×k×k ones, the causal temporal
+    convolution as ``kt`` multiply-adds over [stream buffer ‖ new frames], the squeeze-excite on pooled vectors
+    as two matrix products, activations in place."""
+
+    def __init__(self, layer: MovinetLayer):
+        super().__init__()
+        if layer.training:
+            raise ValueError("fuse an eval-mode model (its BatchNorm statistics are folded)")
+        self.stride = layer.stride
+        self.expand_weight, self.expand_bias = map(_frozen, _folded(layer.expansion))
+        self.spatial_weight, self.spatial_bias = map(_frozen, _folded(layer.feature))
+        self.channels = self.spatial_weight.shape[0]
+        self.kt = 1
+        if layer.feature_temporal is not None:
+            w, b = _folded(layer.feature_temporal)  # [E, 1, kt, 1, 1]
+            self.kt = w.shape[2]
+            self.temporal_weight, self.temporal_bias = _frozen(w.flatten(1).t()), _frozen(b)  # [kt, E], [E]
+        se = layer.se
+        self.se_reduce_weight, self.se_reduce_bias = _frozen(se.se_reduce.weight.flatten(1)), _frozen(se.se_reduce.bias)
+        self.se_expand_weight, self.se_expand_bias = _frozen(se.se_expand.weight.flatten(1)), _frozen(se.se_expand.bias)
+        self.pos_scale = None if se.pos_scale is None else _frozen(se.pos_scale)
+        self.proj_weight, self.proj_bias = map(_frozen, _folded(layer.projection, layer.rezero))
+        self.skip_weight = self.skip_bias = None
+        if layer.skip is not None:
+            self.skip_weight, self.skip_bias = map(_frozen, _folded(layer.skip))
+
+    def state_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        if self.kt > 1:
+            shapes["stream_buffer"] = (batch, self.channels, self.kt - 1, -(-height // self.stride),
+                                       -(-width // self.stride))
+        shapes["pool_buffer"] = (batch, self.channels, 1, 1, 1)
+        return shapes
+
+    def _temporal(self, y: torch.Tensor, buffer: torch.Tensor, b: int, t: int, channels_last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal kt×1×1 depthwise conv (BN folded) + hard-swish over [buffer ‖ y]; returns (output frames,
+        new buffer = the last kt - 1 frames). Channels-last: frames ``[B, T, H, W, E]`` (views, no copies
+        but the concatenation); contiguous: ``[B, E, T, H, W]`` (the layout an exported graph keeps)."""
+        n, e, h, w = y.shape
+        kt, weight, bias = self.kt, self.temporal_weight, self.temporal_bias
+        if channels_last:
+            full = torch.cat([buffer.permute(0, 2, 3, 4, 1), y.permute(0, 2, 3, 1).reshape(b, t, h, w, e)], 1)
+            out = torch.addcmul(bias, full[:, :t], weight[0])
+            for k in range(1, kt):
+                out.addcmul_(full[:, k:k + t], weight[k])
+            out = F.hardswish(out, inplace=True).view(n, h, w, e).permute(0, 3, 1, 2)
+            return out, full[:, t:].permute(0, 4, 1, 2, 3)
+        frames = y.view(b, 1, e, h, w).transpose(1, 2) if t == 1 else y.view(b, t, e, h, w).transpose(1, 2)
+        full = torch.cat([buffer, frames], 2)
+        wk = weight.t().reshape(e, kt, 1, 1)
+        out = full[:, :, :t] * wk[:, :1] + bias.view(e, 1, 1, 1)
+        for k in range(1, kt):
+            out = out + full[:, :, k:k + t] * wk[:, k:k + 1]
+        out = F.hardswish(out)
+        out = out.reshape(n, e, h, w) if t == 1 else out.transpose(1, 2).reshape(n, e, h, w)
+        return out, full[:, :, t:]
+
+    def _excite(self, y: torch.Tensor, pool_sum: torch.Tensor, count: torch.Tensor, b: int, t: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 2plus3d squeeze-excite: [cumulative mean ‖ frame mean] (+ positional encoding) → gate per frame."""
+        n, e = y.shape[:2]
+        frame = y.mean((2, 3)).view(b, t, e)
+        sums = pool_sum.view(b, 1, e) + (frame if t == 1 else frame.cumsum(1))
+        counts = count.to(y.dtype).reshape(-1) + torch.arange(1, t + 1, device=y.device, dtype=y.dtype)
+        s = torch.cat([sums / counts.view(1, t, 1), frame], 2)  # [B, T, 2E]
+        if self.pos_scale is not None:
+            enc = positional_encoding(2 * e, t, count, y.device, y.dtype).view(2 * e, t).t()
+            s = s + self.pos_scale * enc
+        g = F.hardswish(F.linear(s, self.se_reduce_weight, self.se_reduce_bias), inplace=True)
+        g = F.hardsigmoid(F.linear(g, self.se_expand_weight, self.se_expand_bias), inplace=True)
+        return y * g.view(n, e, 1, 1), sums[:, t - 1:].reshape(b, e, 1, 1, 1)
+
+    def stream_step(self, x: torch.Tensor, state: dict[str, torch.Tensor], count: torch.Tensor, b: int, t: int,
+                    channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        new = {}
+        y = F.hardswish(F.conv2d(x, self.expand_weight, self.expand_bias), inplace=True)
+        y = F.hardswish(conv2d_same(y, self.spatial_weight, self.spatial_bias, self.stride, self.channels),
+                        inplace=True)
+        if self.kt > 1:
+            y, new["stream_buffer"] = self._temporal(y, state["stream_buffer"], b, t, channels_last)
+        y, new["pool_buffer"] = self._excite(y, state["pool_buffer"], count, b, t)
+        y = F.conv2d(y, self.proj_weight, self.proj_bias)  # times the ReZero scalar (folded)
+        if self.skip_weight is not None:
+            x = F.conv2d(avg_pool2d_same(x) if self.stride > 1 else x, self.skip_weight, self.skip_bias)
+        return y + x, new
+
+
+class FusedStreamMovinet(_StreamStateApi):
+    """A stream MoViNet in the form that runs fastest at inference (``model.fuse_for_inference()``): the same
+    ``stream_step(frames, state)`` / ``forward(clip[, state])`` / ``init_state`` and the same state dict as the
+    model it was made from (states pass freely between the two), the same logits to float rounding (tested
+    ≤ 1e-5 against the whole clip), but no BatchNorm (folded into the convolutions), 2-D convolutions on the
+    frames folded into the batch, the temporal convolutions as multiply-adds on the stream buffer, and
+    activations in place. Eval only: no gradients (its tensors do not require them), no dropout.
+
+    ``memory_format``: ``torch.channels_last`` (default; oneDNN's native layout: the frames stay NHWC from end to
+    end, the stream buffers come back in ``channels_last_3d`` strides) or ``torch.contiguous_format`` (NCHW
+    throughout; the form :func:`leancnn.export.export_stream_step` writes to ONNX, which has no strides).
+    ``docs/benchmarks.md`` measures what each step of this buys."""
+
+    def __init__(self, model: MoViNet, memory_format: torch.memory_format = torch.channels_last):
+        super().__init__()
+        if not isinstance(model, MoViNet):
+            raise ValueError(f"model must be a MoViNet, got {type(model).__name__}")
+        model._check_stream("fuse_for_inference")
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, "
+                             f"got {memory_format}")
+        _check_acts(model.blocks, (nn.Hardswish, nn.Hardsigmoid))
+        self.stream, self.spec, self.in_chans = True, model.spec, model.in_chans
+        self.channels_last = memory_format is torch.channels_last
+        if hasattr(model, "model_name"):
+            self.model_name = model.model_name
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            self.stem_weight, self.stem_bias = map(_frozen, _folded(model.stem))
+            self.blocks = nn.ModuleList(nn.ModuleList(FusedMovinetLayer(layer) for layer in stage)
+                                        for stage in model.blocks)
+            self.head_weight, self.head_bias = map(_frozen, _folded(model.head))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        dense, _, _, out = model.classifier
+        if not isinstance(model.classifier[1], nn.SiLU):
+            raise ValueError("cannot fuse a MoViNet whose classifier activation is not SiLU")
+        self.dense_weight, self.dense_bias = _frozen(dense.weight.flatten(1)), _frozen(dense.bias)
+        self.out_weight, self.out_bias = _frozen(out.weight.flatten(1)), _frozen(out.bias)
+        self.num_features = model.num_features
+        if self.channels_last:
+            for name, p in self.named_parameters():
+                if p.ndim == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise ValueError("a FusedStreamMovinet is for inference only; train the model it was made from")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None):
+        """With a ``state``: :meth:`stream_step`. Without: the logits of whole clips (a stream from zero state,
+        which equals the causal whole-clip pass of the original model)."""
+        if state is not None:
+            return self.stream_step(x, state)
+        return self.stream_step(x)[0]
+
+    @torch.no_grad()
+    def stream_step(self, frames: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`MoViNet.stream_step`: the next ``T >= 1`` frames ``[B, 3, T, H, W]`` and the state → (logits of
+        every frame so far, new state); the input state is not modified."""
+        self._check_clip(frames, "frames")
+        b, c, t, h, w = frames.shape
+        if state is None:
+            state = self.init_state(b, h, w)
+        else:
+            self.check_state(state, frames)
+        count = state["frame_count"]
+        cl = self.channels_last
+        if cl:  # [B*T, C, H, W] in channels-last strides
+            x = frames.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+        else:
+            x = frames.view(b, c, h, w) if t == 1 else frames.transpose(1, 2).reshape(b * t, c, h, w)
+        x = F.hardswish(conv2d_same(x, self.stem_weight, self.stem_bias, 2), inplace=True)
+        new: dict[str, torch.Tensor] = {}
+        for prefix, layer in self._layers():
+            n = len(prefix)
+            mine = {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
+            x, out = layer.stream_step(x, mine, count, b, t, cl)
+            new.update({prefix + k: v for k, v in out.items()})
+        x = F.hardswish(F.conv2d(x, self.head_weight, self.head_bias), inplace=True)
+        p = x.shape[1]
+        frame = x.mean((2, 3)).view(b, t, p)
+        head_sum = state["head_pool_buffer"].view(b, p) + (frame.view(b, p) if t == 1 else frame.sum(1))
+        new_count = count + t
+        new["head_pool_buffer"] = head_sum.view(b, p, 1, 1, 1)
+        new["frame_count"] = new_count
+        pooled = head_sum / new_count.to(head_sum.dtype).reshape(1, 1)
+        hidden = F.silu(F.linear(pooled, self.dense_weight, self.dense_bias), inplace=True)
+        return F.linear(hidden, self.out_weight, self.out_bias), new
 
 
 def state_nbytes(state: dict[str, torch.Tensor]) -> int:
@@ -438,5 +661,5 @@ for _name, _spec in SPECS.items():
     _register(_name, _spec, stream=False)
     _register(_name, _spec, stream=True)
 
-__all__ = ["MoViNet", "MovinetSpec", "SPECS", "StreamingMovinet", "detach_state", "positional_encoding",
+__all__ = ["FusedStreamMovinet", "MoViNet", "MovinetSpec", "SPECS", "StreamingMovinet", "detach_state", "positional_encoding",
            "state_nbytes"]

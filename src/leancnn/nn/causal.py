@@ -64,6 +64,47 @@ class Conv3dSame(nn.Conv3d):
         return self._padded_conv(full, 0, 0), full[:, :, full.shape[2] - keep:]
 
 
+def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
+                groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` with TF-'same' padding on ``[N, C, H, W]`` (a clip's frames folded into the batch): the
+    (1, k, k) convolutions of a video network, frame by frame. Symmetric padding goes to the convolution itself
+    (no padded copy); only the stride-2 layers on even sizes (one extra pixel at the end) pad explicitly."""
+    kh, kw = weight.shape[2], weight.shape[3]
+    top, bottom = same_pads(x.shape[2], kh, stride)
+    left, right = same_pads(x.shape[3], kw, stride)
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, bias, stride, (top, left), 1, groups)
+    return F.conv2d(pad2d(x, (left, right, top, bottom)), weight, bias, stride, 0, 1, groups)
+
+
+def pad2d(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """Zero padding ``(left, right, top, bottom)`` of ``[N, C, H, W]`` that keeps a channels-last input
+    channels-last (``F.pad`` returns it contiguous, which sends every later op through NCHW kernels)."""
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.pad(x, pads)
+    left, right, top, bottom = pads
+    n, c, h, w = x.shape
+    out = x.new_zeros((n, h + top + bottom, w + left + right, c))  # NHWC memory
+    out[:, top:top + h, left:left + w] = x.permute(0, 2, 3, 1)
+    return out.permute(0, 3, 1, 2)
+
+
+def avg_pool2d_same(x: torch.Tensor) -> torch.Tensor:
+    """:func:`avg_pool_same` (3×3, stride 2, padding left out of the mean) on frames ``[N, C, H, W]``, by one
+    pooling call per axis parity: TF pads (1, 1) on an odd size, which is PyTorch's ``padding=1`` without the
+    padding in the count, and (0, 1) on an even size, which is ``ceil_mode`` without padding (the last window is
+    clipped to the input and divided by its real size)."""
+    odd_h, odd_w = x.shape[2] % 2, x.shape[3] % 2
+    if odd_h == odd_w:
+        return F.avg_pool2d(x, 3, 2, padding=odd_h, ceil_mode=not odd_h, count_include_pad=False)
+    pads = []  # mixed parity: pad the odd axis explicitly (zeros), then correct its count like avg_pool_same
+    for n in (x.shape[3], x.shape[2]):
+        pads += list(same_pads(n, 3, 2))
+    total = F.avg_pool2d(pad2d(x, tuple(pads)), 3, 2)
+    share = F.avg_pool2d(F.pad(x.new_ones(1, 1, x.shape[2], x.shape[3]), pads), 3, 2)
+    return total / share
+
+
 def avg_pool_same(x: torch.Tensor, kernel=(1, 3, 3), stride=(1, 2, 2)) -> torch.Tensor:
     """Average pooling with TF-'same' spatial padding, the padding left out of each mean (TF's AvgPool 'same')."""
     pads = []
@@ -97,4 +138,5 @@ def stream_cumulative_mean(x: torch.Tensor, running_sum: torch.Tensor, count: to
     return sums / counts.view(shape), sums[:, :, -1:]
 
 
-__all__ = ["Conv3dSame", "avg_pool_same", "cumulative_mean", "same_pads", "stream_cumulative_mean"]
+__all__ = ["Conv3dSame", "avg_pool2d_same", "avg_pool_same", "conv2d_same", "cumulative_mean", "pad2d",
+           "same_pads", "stream_cumulative_mean"]

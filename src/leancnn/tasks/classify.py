@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler, domain_digest
 from ..data.augment import strong_augment, weak_augment
 from ..data.digits import NUM_CLASSES, SIZE
 from ..errors import LeancnnError
-from ..io import atomic_write_json, atomic_write_text, check_writable_file, ensure_writable_dir
+from ..io import atomic_write_json, check_writable_file
 from ..losses import build_loss, feature_variance
 from ..models import create_model
 from ..nn.layout import (
@@ -44,16 +43,16 @@ from ..train.engine import progress_enabled
 from ..train.semi import SemiTrainer
 from .runs import (
     agree,
-    cached_run_state,
     check_path_arg,
     check_resume,
     check_run_dir,
-    clear_run_files,
     default_run_dir,
     fingerprint,
     resolve_device,
+    restore_trainer,
+    start_run_dir,
+    train_cached_with,
     world_size_from_env,
-    write_fingerprint,
 )
 
 IMAGE_SHAPE = (3, SIZE, SIZE)  # every digit domain: 3x32x32
@@ -359,22 +358,11 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
                                   weight_u=cfg.semi.weight_u, mixstyle_labeled=cfg.semi.mixstyle_labeled,
                                   strong=strong_augment if cfg.semi.strong_augment else weak_augment)
         if state is not None:
-            try:  # restored before anything is written: a checkpoint that does not fit changes no file
-                trainer.load_state_dict(state)
-            except (KeyError, ValueError, RuntimeError) as e:
-                raise LeancnnError(f"checkpoint '{state['path']}' cannot be resumed with this config "
-                                   f"({type(e).__name__}: {e})") from None
+            restore_trainer(trainer, state)  # before anything is written
         fp = run_fingerprint(cfg) if ctx.is_main else None
         if ctx.is_main:
-            ensure_writable_dir(run_dir)
-            if force:
-                clear_run_files(run_dir, keep=state["path"] if state else None)
-            elif state is not None and trainer.epoch < cfg.train.epochs:
-                for stale in ("summary.json", "curves.png"):  # they describe the run before it was extended
-                    if (run_dir / stale).exists():
-                        (run_dir / stale).unlink()
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            write_fingerprint(run_dir, fp)
+            start_run_dir(run_dir, dump_config(cfg), fp, force, state["path"] if state else None,
+                          extending=state is not None and trainer.epoch < cfg.train.epochs)
         history = trainer.fit()
         summary = {}
         if ctx.is_main:
@@ -398,14 +386,7 @@ def train_cached(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True)
     """The summary of ``cfg``'s run in ``run_dir``: reused when a finished run with the same fingerprint is
     there, continued from its ``last.pt`` when it was interrupted, trained (again) otherwise; a run of another
     fingerprint is replaced, and the keys that differ are printed. For scripts that cache runs."""
-    run_dir = Path(run_dir)
-    state = cached_run_state(run_dir, run_fingerprint(cfg))
-    if state.action == "done":
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    if state.action == "stale":
-        print(f"{run_dir}: retraining ({state.reason})", flush=True)
-    return train(cfg, out=run_dir, resume=run_dir / "last.pt" if state.action == "resume" else None, quiet=quiet,
-                 force=state.action == "stale")
+    return train_cached_with(train, cfg, run_dir, run_fingerprint(cfg), quiet)
 
 
 def test_rows(results: dict[str, dict]) -> list[list]:

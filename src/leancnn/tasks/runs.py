@@ -129,7 +129,7 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
     if not saved_config:
         raise LeancnnError(f"{source} holds no config; it cannot be resumed")
     try:
-        saved = from_dict(ExperimentConfig, saved_config)
+        saved = from_dict(type(cfg), saved_config)
     except LeancnnError as e:
         raise LeancnnError(f"{source}: its config no longer validates ({e})") from None
     changes = config_changes(saved, cfg, ignore=RESUMABLE_KEYS)
@@ -182,6 +182,49 @@ class RunState:
 
     action: str
     reason: str = ""
+
+
+def restore_trainer(trainer, state: dict) -> None:
+    """Restore a checkpoint into a trainer before anything is written: one that does not fit the config changes
+    no file and is reported in one line."""
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise LeancnnError(f"checkpoint '{state['path']}' cannot be resumed with this config "
+                           f"({type(e).__name__}: {e})") from None
+
+
+def start_run_dir(run_dir: Path, config_text: str, fp: dict, force: bool = False, keep: str | Path | None = None,
+                  extending: bool = False) -> None:
+    """Rank 0, after every check: create the run directory, delete the replaced run's files (``force``; ``keep``
+    is the checkpoint being resumed) or, when a resume extends a finished run, its stale summary and curves;
+    then write config.yaml and fingerprint.json."""
+    from ..io import atomic_write_text, ensure_writable_dir
+
+    ensure_writable_dir(run_dir)
+    if force:
+        clear_run_files(run_dir, keep=keep)
+    elif extending:
+        for stale in ("summary.json", "curves.png"):  # they describe the run before it was extended
+            if (run_dir / stale).exists():
+                (run_dir / stale).unlink()
+    atomic_write_text(run_dir / "config.yaml", config_text)
+    write_fingerprint(run_dir, fp)
+
+
+def train_cached_with(train_fn: Callable[..., dict], cfg: Any, run_dir: Path, fp: dict, quiet: bool = True) -> dict:
+    """The summary of ``cfg``'s run in ``run_dir``: reused when a finished run with the same fingerprint ``fp``
+    is there, continued from its ``last.pt`` when it was interrupted, trained (again) by ``train_fn(cfg, out=,
+    resume=, quiet=, force=)`` otherwise; a run of another fingerprint is replaced, the keys that differ
+    printed. For scripts that cache runs."""
+    run_dir = Path(run_dir)
+    state = cached_run_state(run_dir, fp)
+    if state.action == "done":
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if state.action == "stale":
+        print(f"{run_dir}: retraining ({state.reason})", flush=True)
+    return train_fn(cfg, out=run_dir, resume=run_dir / "last.pt" if state.action == "resume" else None, quiet=quiet,
+                    force=state.action == "stale")
 
 
 def cached_run_state(run_dir: Path, fp: dict) -> RunState:

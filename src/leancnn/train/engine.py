@@ -2,7 +2,10 @@
 
 ``Trainer`` knows no model or dataset by name. It takes a model, a loss (any callable
 ``loss(logits, targets)``; if it accepts a ``features`` keyword it also receives the model's last feature map
-from ``forward_features``), an optimiser, a per-step scheduler and data loaders. Per epoch it trains,
+from ``forward_features``), an optimiser, a per-step scheduler and data loaders. A task whose step is not
+"one forward, one loss" passes ``step(trainer, x, y) -> (loss, logits)``: it runs the forward pass(es) and
+hands each loss to :meth:`Trainer.backward` (e.g. one per sub-clip of a video, carrying a detached stream
+state); the engine zeroes the gradients before and takes one optimiser step after. Per epoch it trains,
 evaluates, appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt`` on a new best
 validation accuracy) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off.
 Under ``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
@@ -119,6 +122,8 @@ class Trainer:
     feature_layer: str | None = None  # features for the loss from this module (default: forward_features)
     memory_format: torch.memory_format | None = None  # layout of the model and every batch (None: as they come)
     compile: bool = False  # torch.compile the network the training step runs (the saved model stays plain)
+    step: Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    unit: str = "images"  # what one sample is, for the throughput in metrics.jsonl and the epoch line
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -209,6 +214,25 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate one loss of the current step (AMP-scaled); refuse a loss that is not finite."""
+        if not torch.isfinite(loss):
+            raise LeancnnError(f"loss became {loss.item()} in epoch {self.epoch + 1}; "
+                               "lower optim.lr or set train.grad_clip")
+        self.scaler.scale(loss).backward()
+
+    def classify_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The default step: one forward pass, the loss (with the features when it takes them), one backward."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            if self.use_features:
+                logits, features = self.net(x)
+                loss = self.loss_fn(logits, y, features=features)
+            else:
+                logits = self.net(x)
+                loss = self.loss_fn(logits, y)
+        self.backward(loss)
+        return loss.detach(), logits.detach()
+
     def train_one_epoch(self) -> dict[str, float]:
         self.net.train()
         sampler = getattr(self.train_loader, "sampler", None)
@@ -219,31 +243,22 @@ class Trainer:
         loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    disable=not progress_enabled(self.dist))
+        step = self.step or Trainer.classify_step
         for batch in bar:
             x, y = split_batch(batch)
             x, y = self.to_device(x), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                if self.use_features:
-                    logits, features = self.net(x)
-                    loss = self.loss_fn(logits, y, features=features)
-                else:
-                    logits = self.net(x)
-                    loss = self.loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise LeancnnError(f"loss became {loss.item()} in epoch {self.epoch + 1}; "
-                                   "lower optim.lr or set train.grad_clip")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            loss, logits = step(self, x, y)
             self.optimizer_step()
             n = y.numel()
-            loss_sum += loss.item() * n
+            loss_sum += float(loss) * n
             correct += (logits.detach().argmax(1) == y).sum().item()
             count += n
             bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}")
         seconds = time.perf_counter() - start
         loss_sum, correct, count = reduce_sum([loss_sum, correct, count], self.dist, self.device)
         record = {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-                  "train_images_per_s": count / seconds, "train_seconds": seconds}
+                  f"train_{self.unit}_per_s": count / seconds, "train_seconds": seconds}
         if hasattr(self.loss_fn, "epoch_counters"):  # per-epoch diagnostics of the loss (e.g. Bias Loss)
             record.update(self.loss_fn.summarise(reduce_sum(self.loss_fn.epoch_counters(), self.dist, self.device)))
         return record
@@ -296,4 +311,4 @@ class Trainer:
             val += (f"  loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
                     f"(pseudo-label acc {'n/a' if pseudo is None else f'{pseudo:.3f}'})")
         print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
-              f"acc {r['train_acc']:.4f}{val}  {r['train_images_per_s']:.0f} img/s", flush=True)
+              f"acc {r['train_acc']:.4f}{val}  {r[f'train_{self.unit}_per_s']:.0f} {self.unit}/s", flush=True)

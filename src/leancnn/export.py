@@ -1,0 +1,229 @@
+"""ONNX export: plain classifiers, and one step of a stream MoViNet with its state as graph inputs and outputs;
+an onnxruntime runner for the stream step.
+
+Every export is one self-contained ``.onnx`` file (weights inside, no external-data files), written atomically
+(temp file + rename: a reader never sees half a model), with static shapes (the ones given), by torch's default
+exporter (``torch.onnx.export(..., dynamo=True)``); ``exporter="torchscript"`` selects the older tracing exporter,
+``"auto"`` (default) falls back to it if the dynamo exporter fails. The model is exported in eval mode from a
+copy: the caller's model (weights, mode) is not touched. The file's metadata (``leancnn.*``) says what it holds
+and which exporter wrote it.
+
+**Plain classifier** (:func:`export_model`): input ``input`` (``input_shape``, batch included), output
+``logits``.
+
+**Stream step** (:func:`export_stream_step`), the contract of :meth:`leancnn.models.movinet.MoViNet.stream_step`
+as a graph. Names, in this order:
+
+* inputs: ``frames`` float ``[B, 3, T, H, W]``, then ``state.<key>`` for every key of ``model.init_state(B, H,
+  W)`` (``block{b}_layer{l}_stream_buffer``, ``block{b}_layer{l}_pool_buffer``, ``head_pool_buffer``: float;
+  ``frame_count``: int64 ``[1]``);
+* outputs: ``logits`` float ``[B, classes]`` (the classifier on the mean over every frame so far), then
+  ``new_state.<key>`` for the same keys in the same order.
+
+Feed every ``new_state.<key>`` back as ``state.<key>``; zeros (frame count 0) start a video. By default the graph
+is that of ``model.fuse_for_inference(torch.contiguous_format)`` (BatchNorm folded, 2-D convolutions on the frame,
+the temporal convolutions as multiply-adds on the buffers; the same logits to float rounding), which
+onnxruntime runs faster than the 3-D graph (``docs/benchmarks.md``); ``fuse=False`` exports the model as it is.
+
+:class:`OnnxStream` runs such a file with onnxruntime: ``init_state()`` (numpy zeros, shapes and dtypes read from
+the graph), ``step(frames, state) -> (logits, new_state)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .io import atomic_path
+
+FRAMES, LOGITS, INPUT = "frames", "logits", "input"
+STATE_PREFIX, NEW_STATE_PREFIX = "state.", "new_state."
+KIND_KEY, STREAM_KIND, MODEL_KIND = "leancnn.export", "movinet_stream_step", "classifier"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+            opset: int | None, exporter: str, metadata: dict[str, str]) -> Path:
+    """Export ``module(*args)`` to one .onnx file at ``path`` atomically, then stamp the metadata."""
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path '{path}' is a directory")
+    with atomic_path(path) as tmp:
+        used, first_error = None, None
+        for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
+                                      opset_version=opset, dynamo=name == "dynamo", external_data=False,
+                                      **({"verbose": False} if name == "dynamo" else {}))
+                used = name
+                break
+            except Exception as e:  # noqa: BLE001 - "auto" falls back to the tracing exporter on any failure
+                if exporter != "auto" or name == "torchscript":
+                    if first_error is not None:
+                        raise RuntimeError(f"ONNX export failed with both exporters: dynamo: {first_error}; "
+                                           f"torchscript: {e}") from e
+                    raise
+                first_error = e
+        proto = onnx.load(str(tmp))
+        got_in = [i.name for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}]
+        got_out = [o.name for o in proto.graph.output]
+        if got_in != input_names or got_out != output_names:  # the names are the contract: never ship others
+            raise RuntimeError(f"the {used} exporter renamed the graph's inputs/outputs: {got_in} -> {got_out}")
+        for key, value in {**metadata, "leancnn.exporter": used, "leancnn.torch": torch.__version__}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save_model(proto, str(tmp))
+    return path
+
+
+class _StreamStepGraph(nn.Module):
+    """``forward(frames, *state) -> (logits, *new_state)`` with the state as flat positional tensors in
+    ``keys`` order: the signature an ONNX graph needs."""
+
+    def __init__(self, model: nn.Module, keys: Sequence[str]):
+        super().__init__()
+        self.model, self.keys = model, list(keys)
+
+    def forward(self, frames: torch.Tensor, *state: torch.Tensor):
+        logits, new = self.model.stream_step(frames, dict(zip(self.keys, state)))
+        return (logits, *(new[k] for k in self.keys))
+
+
+def export_stream_step(model: nn.Module, path: str | os.PathLike, height: int, width: int, batch: int = 1,
+                       frames: int = 1, opset: int | None = None, fuse: bool = True, exporter: str = "auto"
+                       ) -> Path:
+    """Write one step of stream MoViNet ``model`` (``movinet_aX_stream``) for ``batch`` clips of ``frames`` new
+    frames of ``height x width`` to ``path`` (names and order: module docstring). Returns the path."""
+    from .models.movinet import FusedStreamMovinet, MoViNet
+
+    if not isinstance(model, (MoViNet, FusedStreamMovinet)):
+        raise ValueError(f"model must be a stream MoViNet (movinet_aX_stream), got {type(model).__name__}")
+    if not model.stream:
+        raise ValueError(f"model: {getattr(model, 'model_name', 'this model')} is a base (non-causal) MoViNet, which "
+                         "has no stream step; export a stream model (movinet_aX_stream)")
+    for name, value in (("height", height), ("width", width), ("batch", batch), ("frames", frames)):
+        _positive_int(name, value)
+    if isinstance(model, FusedStreamMovinet):
+        step = copy.deepcopy(model)
+        step.channels_last = False  # ONNX has no strides: the NCHW form of the same graph
+    elif fuse:
+        step = model.fuse_for_inference(torch.contiguous_format)
+    else:
+        step = copy.deepcopy(model).eval()
+    p = next(step.parameters())
+    state = step.init_state(batch, height, width)
+    keys = list(state)
+    clip = torch.zeros(batch, step.in_chans, frames, height, width, dtype=p.dtype, device=p.device)
+    metadata = {KIND_KEY: STREAM_KIND, "leancnn.model": getattr(model, "model_name", type(model).__name__),
+                "leancnn.batch": batch, "leancnn.frames": frames, "leancnn.height": height, "leancnn.width": width,
+                "leancnn.fused": bool(fuse or isinstance(model, FusedStreamMovinet))}
+    return _export(_StreamStepGraph(step, keys), (clip, *state.values()), Path(path),
+                   [FRAMES, *(STATE_PREFIX + k for k in keys)], [LOGITS, *(NEW_STATE_PREFIX + k for k in keys)],
+                   opset, exporter, metadata)
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], opset: int | None = None,
+                 exporter: str = "auto") -> Path:
+    """Write classifier ``model`` for inputs of ``input_shape`` (batch included, e.g. ``(1, 3, 32, 32)``) to
+    ``path``: input ``input``, output ``logits``. Returns the path."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), got {input_shape!r}")
+    net = copy.deepcopy(model).eval()
+    p = next(net.parameters(), None)
+    x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    metadata = {KIND_KEY: MODEL_KIND, "leancnn.model": getattr(model, "model_name", type(model).__name__),
+                "leancnn.input_shape": "x".join(map(str, shape))}
+    return _export(net, (x,), Path(path), [INPUT], [LOGITS], opset, exporter, metadata)
+
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class OnnxStream:
+    """A stream-step export (:func:`export_stream_step`) run by onnxruntime on the CPU.
+
+    ``init_state()`` gives the zero state (numpy, shapes and dtypes read from the graph's inputs);
+    ``logits, state = s.step(frames, state)`` feeds the next frames (``[B, 3, T, H, W]``, float32, exactly the
+    exported shape). ``keys`` lists the state keys in graph order; ``threads`` sets onnxruntime's
+    ``intra_op_num_threads`` (``None``: its default)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = 1):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at '{path}'" + (" (a directory)" if path.is_dir() else ""))
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = _positive_int("threads", threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot read
+            raise ValueError(f"'{path}' is not a readable ONNX model: {str(e).splitlines()[0][:200]}") from None
+        self.path = path
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        keys = [n[len(STATE_PREFIX):] for n in inputs if n.startswith(STATE_PREFIX)]
+        want_in = [FRAMES, *(STATE_PREFIX + k for k in keys)]
+        want_out = [LOGITS, *(NEW_STATE_PREFIX + k for k in keys)]
+        if list(inputs) != want_in or outputs != want_out or "frame_count" not in keys:
+            kind = self.metadata.get(KIND_KEY, "unknown")
+            raise ValueError(f"'{path}' is not a MoViNet stream-step export (export kind: {kind}; inputs "
+                             f"{list(inputs)[:3]}..., outputs {outputs[:3]}...); write one with "
+                             "leancnn.export.export_stream_step")
+        self.keys = keys
+        self.frames_shape = tuple(inputs[FRAMES].shape)
+        self._shapes = {k: tuple(inputs[STATE_PREFIX + k].shape) for k in keys}
+        self._dtypes = {k: _NUMPY[inputs[STATE_PREFIX + k].type] for k in keys}
+        self._out_names = want_out
+
+    def init_state(self) -> dict[str, np.ndarray]:
+        """The state at the start of a video: zeros of every state input's shape and dtype."""
+        return {k: np.zeros(self._shapes[k], dtype=self._dtypes[k]) for k in self.keys}
+
+    def step(self, frames: np.ndarray, state: dict[str, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Run one step: ``(logits, new state)``; ``state=None`` starts a video."""
+        if isinstance(frames, torch.Tensor):
+            frames = frames.detach().cpu().numpy()
+        frames = np.ascontiguousarray(frames, dtype=np.float32)
+        if frames.shape != self.frames_shape:
+            raise ValueError(f"frames has shape {frames.shape}, this export takes {self.frames_shape}")
+        if state is None:
+            state = self.init_state()
+        missing = [k for k in self.keys if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        feed = {FRAMES: frames, **{STATE_PREFIX + k: state[k] for k in self.keys}}
+        out = self.session.run(self._out_names, feed)
+        return out[0], dict(zip(self.keys, out[1:]))
+
+
+__all__ = ["FRAMES", "LOGITS", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX", "export_model",
+           "export_stream_step"]
