@@ -201,3 +201,22 @@ def test_video_train_cli_overrides_after_options(cache, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["video", "train", "model.name=resnet20", *TINY, "-o", str(tmp_path / "x")]) == 2
     assert "image model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_sub_clip_training_under_ddp(cache, tmp_path):
+    """Two processes, several backward passes per step (one per sub-clip): DDP averages each sub-clip's
+    gradients and the run checkpoints like any other (rank 0 alone logs)."""
+    import os
+    import subprocess
+    import sys
+
+    from leancnn.train import load_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LEANCNN_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "leancnn", "video", "train", "--nproc-per-node", "2", "-o", str(tmp_path / "ddp"),
+           *TINY, "train.sub_clip=3", "train.threads=1"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert state["world_size"] == 2 and state["config"]["train"]["sub_clip"] == 3
+    assert out.stdout.count("epoch   1/1") == 1

@@ -150,6 +150,24 @@ def plot_variance_correctness(variance, correct, path: str | Path, title: str = 
     return save_figure(fig, path)
 
 
+def plot_stream(reports: Sequence[dict], path: str | Path, label: str, title: str = "") -> Path:
+    """Streaming at a glance: the running probability of ``label`` (when it is among the reported top-k) and the
+    resident memory against the frame index (the reports of ``leancnn.tasks.video.stream``)."""
+    plt = _pyplot()
+    frames = [r["frame"] for r in reports]
+    prob = [dict(r["top"]).get(label, 0.0) for r in reports]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(frames, prob, marker="o", ms=3)
+    a.set(xlabel="frames seen", ylabel=f"P({label}) when top-1, else 0", ylim=(-0.02, 1.02), title="running top-1")
+    b.plot(frames, [r["rss_mib"] for r in reports], marker="o", ms=3, label="process RSS")
+    b.set(xlabel="frames seen", ylabel="MiB", title="memory")
+    b.set_ylim(0, max(r["rss_mib"] for r in reports) * 1.15)
+    b.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A Markdown report: a title and (heading, body) sections."""
     text = f"# {title}\n\n" + "\n".join(f"## {h}\n\n{b.rstrip()}\n" for h, b in sections)
