@@ -195,7 +195,7 @@ def test_stream_bad_input_is_one_line(run, tmp_path, capsys):
 
 
 def test_video_train_cli_overrides_after_options(cache, tmp_path, capsys):
-    assert main(["video", "train", "-o", str(tmp_path / "cli"), *TINY, "model.name=frameavg_resnet20"]) == 0
+    assert main(["video", "train", "-o", str(tmp_path / "cli"), *TINY, "model.name=frameavg_r20"]) == 0
     assert "forward frame order" in capsys.readouterr().out
     assert main(["video", "train", "-o", str(tmp_path / "cli"), *TINY]) == 2  # the directory holds a run
     assert "--force" in capsys.readouterr().err

@@ -23,7 +23,8 @@ as a graph. Names, in this order:
 Feed every ``new_state.<key>`` back as ``state.<key>``; zeros (frame count 0) start a video. By default the graph
 is that of ``model.fuse_for_inference(torch.contiguous_format)`` (BatchNorm folded, 2-D convolutions on the frame,
 the temporal convolutions as multiply-adds on the buffers; the same logits to float rounding), which
-onnxruntime runs faster than the 3-D graph (``docs/benchmarks.md``); ``fuse=False`` exports the model as it is.
+onnxruntime runs about 1.8× faster than the 3-D graph (A0 @ 172, one thread: about 3.8 against 6.7 ms per frame,
+``docs/benchmarks.md``); ``fuse=False`` exports the model as it is.
 
 :class:`OnnxStream` runs such a file with onnxruntime: ``init_state()`` (numpy zeros, shapes and dtypes read from
 the graph), ``step(frames, state) -> (logits, new_state)``.
@@ -31,7 +32,9 @@ the graph), ``step(frames, state) -> (logits, new_state)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -55,6 +58,18 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs a warning per torchvision op it cannot register (torchvision is not needed)."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
             opset: int | None, exporter: str, metadata: dict[str, str]) -> Path:
     """Export ``module(*args)`` to one .onnx file at ``path`` atomically, then stamp the metadata."""
@@ -69,7 +84,7 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
         used, first_error = None, None
         for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
             try:
-                with torch.no_grad(), warnings.catch_warnings():
+                with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
                     warnings.simplefilter("ignore")
                     torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
                                       opset_version=opset, dynamo=name == "dynamo", external_data=False,
@@ -136,7 +151,7 @@ def export_stream_step(model: nn.Module, path: str | os.PathLike, height: int, w
     metadata = {KIND_KEY: STREAM_KIND, "leancnn.model": getattr(model, "model_name", type(model).__name__),
                 "leancnn.batch": batch, "leancnn.frames": frames, "leancnn.height": height, "leancnn.width": width,
                 "leancnn.fused": bool(fuse or isinstance(model, FusedStreamMovinet))}
-    return _export(_StreamStepGraph(step, keys), (clip, *state.values()), Path(path),
+    return _export(_StreamStepGraph(step, keys).eval(), (clip, *state.values()), Path(path),
                    [FRAMES, *(STATE_PREFIX + k for k in keys)], [LOGITS, *(NEW_STATE_PREFIX + k for k in keys)],
                    opset, exporter, metadata)
 
@@ -169,9 +184,10 @@ class OnnxStream:
     ``init_state()`` gives the zero state (numpy, shapes and dtypes read from the graph's inputs);
     ``logits, state = s.step(frames, state)`` feeds the next frames (``[B, 3, T, H, W]``, float32, exactly the
     exported shape). ``keys`` lists the state keys in graph order; ``threads`` sets onnxruntime's
-    ``intra_op_num_threads`` (``None``: its default)."""
+    ``intra_op_num_threads`` (``None``: its default); ``config`` adds session configuration entries, e.g.
+    ``{"session.intra_op.allow_spinning": "0"}`` on a machine shared with other work."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = 1):
+    def __init__(self, path: str | os.PathLike, threads: int | None = 1, config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -181,6 +197,8 @@ class OnnxStream:
         if threads is not None:
             opts.intra_op_num_threads = _positive_int("threads", threads)
             opts.inter_op_num_threads = 1
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot read

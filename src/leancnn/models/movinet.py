@@ -32,6 +32,13 @@ conv, the temporal conv's past; (2+1)-D placement, as TF) and ``pool_buffer`` ``
 SE's per-frame spatial means); ``head_pool_buffer`` ``[B, P, 1, 1, 1]`` (the sum of the head's per-frame means)
 and ``frame_count`` (int64 ``[1]``; the cumulative means divide by it and the positional encoding starts at it).
 Its size does not depend on the video's length.
+
+**Inference form** (opt-in): ``model.fuse_for_inference()`` returns a :class:`FusedStreamMovinet` with the same
+``stream_step`` / ``init_state`` / state dict and the same logits (float rounding; tested ≤ 1e-5 against the whole
+clip), about 2× faster per frame on the CPU (A0-A2, one frame per step; ``docs/benchmarks.md``): BatchNorm and
+ReZero folded into the convolutions, 2-D convolutions on the frames folded into the batch, channels-last, the
+temporal convolutions as multiply-adds on the stream buffers. ``StreamingMovinet(model, fuse=True)`` streams
+through it; ``leancnn.export.export_stream_step`` writes its graph to ONNX.
 """
 
 from __future__ import annotations
@@ -282,7 +289,10 @@ class _StreamStateApi(nn.Module):
                              "streaming needs a stream model (movinet_aX_stream)")
 
     def check_state(self, state, frames: torch.Tensor) -> None:
-        """Refuse a state that does not belong to this model, batch size or resolution (one-line ValueError)."""
+        """Refuse a state that does not belong to this model, batch size or resolution (one-line ValueError).
+        Skipped while tracing for ONNX (the shapes are then traced values; the export fixes them)."""
+        if torch.jit.is_tracing():
+            return
         name = getattr(self, "model_name", "this model")
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict of tensors from {name}.init_state(), got {type(state).__name__}")
@@ -460,17 +470,27 @@ class FusedMovinetLayer(nn.Module):
     def _temporal(self, y: torch.Tensor, buffer: torch.Tensor, b: int, t: int, channels_last: bool
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal kt×1×1 depthwise conv (BN folded) + hard-swish over [buffer ‖ y]; returns (output frames,
-        new buffer = the last kt - 1 frames). Channels-last: frames ``[B, T, H, W, E]`` (views, no copies
-        but the concatenation); contiguous: ``[B, E, T, H, W]`` (the layout an exported graph keeps)."""
+        new buffer = the last kt - 1 frames of [buffer ‖ y]). Channels-last: frames as ``[B, T, H, W, E]`` views
+        (channels innermost, so each tap is one vectorised multiply-add over contiguous memory); contiguous:
+        ``[B, E, T, H, W]`` (the layout an exported graph keeps). One frame (the streaming case) copies only the
+        new buffer, not [buffer ‖ frame]."""
         n, e, h, w = y.shape
         kt, weight, bias = self.kt, self.temporal_weight, self.temporal_bias
         if channels_last:
-            full = torch.cat([buffer.permute(0, 2, 3, 4, 1), y.permute(0, 2, 3, 1).reshape(b, t, h, w, e)], 1)
-            out = torch.addcmul(bias, full[:, :t], weight[0])
-            for k in range(1, kt):
-                out.addcmul_(full[:, k:k + t], weight[k])
+            past, frames = buffer.permute(0, 2, 3, 4, 1), y.permute(0, 2, 3, 1).reshape(b, t, h, w, e)
+            if t == 1:
+                out = torch.addcmul(bias, frames, weight[kt - 1])
+                for k in range(kt - 1):
+                    out.addcmul_(past[:, k:k + 1], weight[k])
+                new = torch.cat([past[:, 1:], frames], 1)
+            else:
+                full = torch.cat([past, frames], 1)
+                out = torch.addcmul(bias, full[:, :t], weight[0])
+                for k in range(1, kt):
+                    out.addcmul_(full[:, k:k + t], weight[k])
+                new = full[:, t:].clone()  # not a view: the state would keep all of full alive
             out = F.hardswish(out, inplace=True).view(n, h, w, e).permute(0, 3, 1, 2)
-            return out, full[:, t:].permute(0, 4, 1, 2, 3)
+            return out, new.permute(0, 4, 1, 2, 3)
         frames = y.view(b, 1, e, h, w).transpose(1, 2) if t == 1 else y.view(b, t, e, h, w).transpose(1, 2)
         full = torch.cat([buffer, frames], 2)
         wk = weight.t().reshape(e, kt, 1, 1)
@@ -478,25 +498,30 @@ class FusedMovinetLayer(nn.Module):
         for k in range(1, kt):
             out = out + full[:, :, k:k + t] * wk[:, k:k + 1]
         out = F.hardswish(out)
-        out = out.reshape(n, e, h, w) if t == 1 else out.transpose(1, 2).reshape(n, e, h, w)
-        return out, full[:, :, t:]
+        if t == 1:
+            return out.reshape(n, e, h, w), full[:, :, 1:]
+        return out.transpose(1, 2).reshape(n, e, h, w), full[:, :, t:].clone()
 
-    def _excite(self, y: torch.Tensor, pool_sum: torch.Tensor, count: torch.Tensor, b: int, t: int
+    def _excite(self, y: torch.Tensor, pool_sum: torch.Tensor, step: dict, b: int, t: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 2plus3d squeeze-excite: [cumulative mean ‖ frame mean] (+ positional encoding) → gate per frame."""
+        """The 2plus3d squeeze-excite: [cumulative mean ‖ frame mean] (+ positional encoding) → gate per frame.
+        ``step`` holds what every layer of this step shares: ``counts`` ``[1, T, 1]`` (frames seen after each
+        new frame), ``count`` (the state's frame count) and a cache of positional encodings by width."""
         n, e = y.shape[:2]
         frame = y.mean((2, 3)).view(b, t, e)
         sums = pool_sum.view(b, 1, e) + (frame if t == 1 else frame.cumsum(1))
-        counts = count.to(y.dtype).reshape(-1) + torch.arange(1, t + 1, device=y.device, dtype=y.dtype)
-        s = torch.cat([sums / counts.view(1, t, 1), frame], 2)  # [B, T, 2E]
+        s = torch.cat([sums / step["counts"], frame], 2)  # [B, T, 2E]
         if self.pos_scale is not None:
-            enc = positional_encoding(2 * e, t, count, y.device, y.dtype).view(2 * e, t).t()
+            enc = step["encodings"].get(2 * e)
+            if enc is None:
+                enc = step["encodings"][2 * e] = positional_encoding(2 * e, t, step["count"], y.device,
+                                                                     y.dtype).view(2 * e, t).t()
             s = s + self.pos_scale * enc
         g = F.hardswish(F.linear(s, self.se_reduce_weight, self.se_reduce_bias), inplace=True)
         g = F.hardsigmoid(F.linear(g, self.se_expand_weight, self.se_expand_bias), inplace=True)
-        return y * g.view(n, e, 1, 1), sums[:, t - 1:].reshape(b, e, 1, 1, 1)
+        return y * g.view(n, e, 1, 1), (sums if t == 1 else sums[:, t - 1:]).reshape(b, e, 1, 1, 1)
 
-    def stream_step(self, x: torch.Tensor, state: dict[str, torch.Tensor], count: torch.Tensor, b: int, t: int,
+    def stream_step(self, x: torch.Tensor, state: dict[str, torch.Tensor], step: dict, b: int, t: int,
                     channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         new = {}
         y = F.hardswish(F.conv2d(x, self.expand_weight, self.expand_bias), inplace=True)
@@ -504,11 +529,11 @@ class FusedMovinetLayer(nn.Module):
                         inplace=True)
         if self.kt > 1:
             y, new["stream_buffer"] = self._temporal(y, state["stream_buffer"], b, t, channels_last)
-        y, new["pool_buffer"] = self._excite(y, state["pool_buffer"], count, b, t)
+        y, new["pool_buffer"] = self._excite(y, state["pool_buffer"], step, b, t)
         y = F.conv2d(y, self.proj_weight, self.proj_bias)  # times the ReZero scalar (folded)
         if self.skip_weight is not None:
             x = F.conv2d(avg_pool2d_same(x) if self.stride > 1 else x, self.skip_weight, self.skip_bias)
-        return y + x, new
+        return y.add_(x), new
 
 
 class FusedStreamMovinet(_StreamStateApi):
@@ -589,11 +614,13 @@ class FusedStreamMovinet(_StreamStateApi):
         else:
             x = frames.view(b, c, h, w) if t == 1 else frames.transpose(1, 2).reshape(b * t, c, h, w)
         x = F.hardswish(conv2d_same(x, self.stem_weight, self.stem_bias, 2), inplace=True)
+        counts = count.to(x.dtype).reshape(-1) + torch.arange(1, t + 1, device=x.device, dtype=x.dtype)
+        step = {"count": count, "counts": counts.view(1, t, 1), "encodings": {}}
         new: dict[str, torch.Tensor] = {}
         for prefix, layer in self._layers():
             n = len(prefix)
             mine = {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
-            x, out = layer.stream_step(x, mine, count, b, t, cl)
+            x, out = layer.stream_step(x, mine, step, b, t, cl)
             new.update({prefix + k: v for k, v in out.items()})
         x = F.hardswish(F.conv2d(x, self.head_weight, self.head_bias), inplace=True)
         p = x.shape[1]
@@ -620,12 +647,16 @@ def detach_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class StreamingMovinet:
     """A stream model with its state kept for you: ``logits = s(frames)`` feeds the next frames of the current
     video (``[B, 3, T, H, W]``, or one frame ``[B, 3, H, W]``); ``s.reset()`` starts a new video (needed before
-    a batch size or resolution change, which is otherwise refused). Runs under ``torch.inference_mode``."""
+    a batch size or resolution change, which is otherwise refused). Runs under ``torch.inference_mode``.
+    ``fuse=True`` streams through ``model.fuse_for_inference()`` (the same logits, faster; a copy made now, so
+    later changes to ``model``'s weights are not seen); a :class:`FusedStreamMovinet` may also be given."""
 
-    def __init__(self, model: MoViNet):
-        if not isinstance(model, MoViNet):
+    def __init__(self, model: MoViNet | FusedStreamMovinet, fuse: bool = False):
+        if not isinstance(model, (MoViNet, FusedStreamMovinet)):
             raise ValueError(f"model must be a MoViNet, got {type(model).__name__}")
         model._check_stream("StreamingMovinet")
+        if fuse and isinstance(model, MoViNet):
+            model = model.fuse_for_inference()
         self.model = model.eval()
         self.state: dict[str, torch.Tensor] | None = None
 

@@ -32,8 +32,8 @@ class FrameAverage(nn.Module):
 
 @register_model(input_size=(3, 16, 32, 32), num_classes=10,
                 description="2-D baseline: ResNet-20 on the mean of a clip's frames (blind to frame order)")
-def frameavg_resnet20(num_classes: int = 10, **kwargs) -> FrameAverage:
+def frameavg_r20(num_classes: int = 10, **kwargs) -> FrameAverage:
     return FrameAverage(create_model("resnet20", num_classes=num_classes, **kwargs))
 
 
-__all__ = ["FrameAverage", "frameavg_resnet20"]
+__all__ = ["FrameAverage", "frameavg_r20"]

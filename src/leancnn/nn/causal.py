@@ -56,12 +56,15 @@ class Conv3dSame(nn.Conv3d):
         the start of a video): valid in time, so the output has one frame per input frame, exactly what the
         whole clip with causal zero padding gives at those frames. Returns ``(output, new buffer)``; the new
         buffer is the last ``kt - 1`` frames of ``[buffer, x]`` (older buffer frames roll forward when the
-        sub-clip is shorter than the buffer)."""
+        sub-clip is shorter than the buffer), its own tensor when ``x`` has several frames (so a state holds
+        ``kt - 1`` frames per layer whatever the sub-clip length)."""
         if not self.causal:
             raise ValueError("only a causal convolution has a stream buffer")
         full = torch.cat([buffer, x], dim=2)
         keep = self.kernel_size[0] - 1
-        return self._padded_conv(full, 0, 0), full[:, :, full.shape[2] - keep:]
+        new = full[:, :, full.shape[2] - keep:]
+        # a copy when the sub-clip has several frames: a view would keep all of [buffer, x] alive in the state
+        return self._padded_conv(full, 0, 0), (new.clone() if x.shape[2] > 1 else new)
 
 
 def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,

@@ -129,7 +129,7 @@ def check_video_experiment(cfg: VideoConfig, world_size: int = 1) -> nn.Module:
     if len(entry.input_size) != 4:
         raise LeancnnError(f"config key 'model.name': '{cfg.model.name}' is an image model (input "
                            f"{'x'.join(map(str, entry.input_size))}); video needs a clip model such as "
-                           "movinet_a0_stream or frameavg_resnet20")
+                           "movinet_a0_stream or frameavg_r20")
     if cfg.model.num_classes < len(vdata.ACTIONS):
         raise LeancnnError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the moving-digits data "
                            f"has {len(vdata.ACTIONS)} classes; set it to >= {len(vdata.ACTIONS)}")
