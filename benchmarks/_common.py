@@ -40,6 +40,21 @@ def median_time(fn: Callable[[], object], steps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def gemm_macs_per_s(n: int = 1024, reps: int = 5) -> float:
+    """This machine's fp32 multiply-accumulates per second on an n×n matrix product (median of ``reps``), at the
+    current torch thread count: the yardstick a network's achieved MAC/s is quoted against."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return n ** 3 / statistics.median(times)
+
+
 def ratio_cells(base: Sequence[float], other: Sequence[float]) -> list[str]:
     """Table cells for paired repeats (seconds): median base ms, median other ms, ratio of medians,
     range of the per-repeat ratios, overhead in %."""

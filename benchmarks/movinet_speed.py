@@ -45,7 +45,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from _common import write_section  # noqa: E402
+from _common import gemm_macs_per_s, write_section  # noqa: E402
 
 from leancnn import count_macs, create_model, report  # noqa: E402
 from leancnn.export import OnnxStream, export_stream_step  # noqa: E402
@@ -99,18 +99,6 @@ def cpu_description() -> str:
                  f", L3 {info.get('L3 cache', '?')}")
     parts.append("ISA extensions: " + ", ".join(ext))
     return "; ".join(parts)
-
-
-def gemm_macs_per_s(n: int = 1024, reps: int = 5) -> float:
-    """fp32 multiply-accumulates per second of an n×n matrix product (as benchmarks/train_throughput.py)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return n ** 3 / statistics.median(times)
 
 
 # ----------------------------------------------------------------------------------------- MACs

@@ -26,7 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import write_section
+from _common import gemm_macs_per_s, write_section
 from torch.utils.data import Subset
 
 from leancnn import count_macs, create_model, report
@@ -79,17 +79,6 @@ def engine_rate(name: str, ds, batch: int, steps: int) -> float:
         x, y, _ = next(iter(loader))  # warm-up outside the timed epoch, as the step loop's
         step_rate(model, [(x.contiguous(memory_format=CL), y)] * 2, opt, warmup=1)
         return trainer.train_one_epoch()["train_images_per_s"]
-
-
-def gemm_macs_per_s(n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return n ** 3 / statistics.median(times)
 
 
 def main() -> None:
