@@ -92,6 +92,12 @@ def _check_number(v: float, rules: dict, path: str) -> None:
         raise ConfigError(f"config key '{path}' must be in {lower}, {upper}, got {_fmt(v)}")
 
 
+def _check_warmup(schedule: Any, train: Any) -> None:
+    if schedule.warmup_epochs > train.epochs:
+        raise ConfigError(f"config key 'schedule.warmup_epochs' ({_fmt(schedule.warmup_epochs)}) must "
+                          f"not exceed 'train.epochs' ({train.epochs})")
+
+
 @dataclass
 class MixStyleConfig:
     after: list[str] = rule(factory=list, unique=True)  # module names to apply MixStyle after; [] = no MixStyle
@@ -217,9 +223,7 @@ class ExperimentConfig:
 
     def _check(self) -> None:
         """Checks across sections that need no data and no model (those are in ``tasks/runs.py``)."""
-        if self.schedule.warmup_epochs > self.train.epochs:
-            raise ConfigError(f"config key 'schedule.warmup_epochs' ({_fmt(self.schedule.warmup_epochs)}) must "
-                              f"not exceed 'train.epochs' ({self.train.epochs})")
+        _check_warmup(self.schedule, self.train)
         if self.schedule.name == "cosine" and self.schedule.min_lr > self.optim.lr:
             raise ConfigError(f"config key 'schedule.min_lr' ({_fmt(self.schedule.min_lr)}) must not exceed "
                               f"'optim.lr' ({_fmt(self.optim.lr)})")
@@ -329,9 +333,7 @@ class VideoConfig:
     train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
 
     def _check(self) -> None:
-        if self.schedule.warmup_epochs > self.train.epochs:
-            raise ConfigError(f"config key 'schedule.warmup_epochs' ({_fmt(self.schedule.warmup_epochs)}) must "
-                              f"not exceed 'train.epochs' ({self.train.epochs})")
+        _check_warmup(self.schedule, self.train)
         used = -(-(self.data.frames - self.data.frame_offset) // self.data.frame_step)
         if self.train.sub_clip > used:
             raise ConfigError(f"config key 'train.sub_clip' ({self.train.sub_clip}) exceeds the {used} frames a "
