@@ -172,6 +172,15 @@ def test_stream_reads_a_video_file_and_a_frames_folder_with_the_same_result(run,
     vdata.write_video(tmp_path / "clip.mp4", frames)
     from_file = video.stream(model, vdata.read_frames(tmp_path / "clip.mp4"), (h, w), every=8)
     assert from_file[-1]["frame"] == 8
+    fused = video.stream(model.fuse_for_inference(), iter(frames), (h, w), every=4)  # --fused: same top-k
+    assert [(n, pytest.approx(p, abs=1e-4)) for n, p in fused[-1]["top"]] == direct[-1]["top"]
+
+
+def test_stream_cli_fused(run, capsys):
+    out, _ = run
+    assert main(["video", "stream", "--synthetic", "up", "--model", str(out), "--frames", "16", "--fused"]) == 0
+    text = capsys.readouterr().out
+    assert "(fused inference form)" in text and "frame    16" in text
 
 
 def test_stream_bad_input_is_one_line(run, tmp_path, capsys):

@@ -138,6 +138,8 @@ def _add_video_parser(sub) -> None:
     q.add_argument("--chunk", type=int, default=1, help="frames per stream step (default 1)")
     q.add_argument("--size", help="frame size HxW fed to the model (default: the run's training size)")
     q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--fused", action="store_true", help="stream through the fused inference form (BatchNorm "
+                                                        "folded, 2-D convs; the same logits, ~2x faster on a CPU)")
     q = vsub.add_parser("export", help="export the stream step (state as named inputs/outputs) to ONNX and "
                                        "check it with onnxruntime")
     q.add_argument("model", help="a stream run (checkpoint or run directory) or a registered stream model name")
@@ -165,7 +167,8 @@ def _run_video(args: argparse.Namespace) -> int:
         print(report.format_table(video.ensemble_rows(r), ["model", "frames", "GMACs/clip", "accuracy"]))
     elif args.action == "stream":
         for line in video.stream_command(args.source, args.synthetic, args.model, args.frames, args.max_frames,
-                                         args.every, args.topk, args.chunk, args.size, args.threads):
+                                         args.every, args.topk, args.chunk, args.size, args.threads,
+                                         args.fused):
             print(line, flush=True)
     elif args.action == "export":
         r = video.export_checkpoint(args.model, args.out, *video.parse_size(args.size), frames=args.frames)
