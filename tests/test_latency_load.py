@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.procs import proc_stat
 
 from leancnn.config import from_dict
 from leancnn.errors import ConfigError, LeancnnError
@@ -43,12 +44,8 @@ N_CPUS = len(os.sched_getaffinity(0))
 
 def _stat(pid: int):
     """(state, pgid, sid) of a pid, or None when gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2:].split()
-    return rest[0].decode(), int(rest[2]), int(rest[3])
+    st = proc_stat(pid)
+    return None if st is None else (st[0], st[2], st[3])
 
 
 def _left(pids, groups=()) -> list[int]:

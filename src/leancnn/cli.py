@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "processes; re-run with 0/1 to collect)")
 
     _add_video_parser(sub)
+    _add_latency_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
@@ -100,6 +101,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--force", action="store_true", help="replace the demo that -o already holds")
     return parser
+
+
+def _add_latency_parser(sub) -> None:
+    p = sub.add_parser("latency", help="latency under CPU contention: measure a grid, report, compare devices",
+                       description="Latency variability under CPU contention with rank-reversal analysis "
+                                   "(docs/latency.md): models x contention levels x threads x backend x batch, "
+                                   "raw samples kept, statistics with bootstrap CIs and Holm-corrected tests.")
+    lsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = lsub.add_parser("run", help="measure the grid of a config (configs/latency_*.yaml) and write the report")
+    _add_config_args(q)
+    q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
+    q.add_argument("--quick", action="store_true", help="a smoke run: 3 models, idle and one load level, one "
+                                                        "thread setting and backend, 60 samples (< 2 minutes)")
+    q.add_argument("--resume", action="store_true", help="finish the interrupted run in --out (finished "
+                                                         "conditions are kept)")
+    q.add_argument("--force", action="store_true", help="replace the run that --out already holds")
+    q.add_argument("--no-report", action="store_true", help="measure only (write the report later with "
+                                                            "`leancnn latency report`)")
+    q = lsub.add_parser("report", help="(re)write the Markdown report of a run directory")
+    q.add_argument("run_dir")
+    q.add_argument("-o", "--out", help="report directory (default: the run directory)")
+    q.add_argument("--quantiles", type=float, nargs="+", help="quantiles to test (default: the run's config)")
+    q.add_argument("--alpha", type=float, help="family-wise error rate (Holm)")
+    q.add_argument("--margin", type=float, help="relative tie band")
+    q = lsub.add_parser("compare", help="one report over several runs (e.g. two devices): reversals across them")
+    q.add_argument("run_dirs", nargs="+", help="two or more run directories")
+    q.add_argument("-o", "--out", required=True, help="report directory")
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from .latency import report as lreport
+
+    if args.action == "run":
+        from .latency import runner
+
+        cfg = runner.load_config_file(args.config, args.overrides)
+        if args.quick:
+            cfg = runner.quick_config(cfg)
+        if args.resume and not args.out:
+            raise LeancnnError("--resume needs --out: the run directory to finish")
+        out = Path(args.out) if args.out else runner.default_out(cfg)
+        summary = runner.run(cfg, out, resume=args.resume, force=args.force, report=not args.no_report,
+                             command="leancnn " + " ".join(sys.argv[1:]))
+        print(f"{summary['measured']} condition(s) measured in {summary['seconds']:.0f} s; run directory {out}")
+        if summary.get("report"):
+            print(f"report written to {summary['report']}")
+    elif args.action == "report":
+        kw = {k: v for k, v in (("quantiles", tuple(args.quantiles) if args.quantiles else None),
+                                ("alpha", args.alpha), ("margin", args.margin)) if v is not None}
+        print(f"report written to {lreport.write_report(args.run_dir, args.out, **kw)}")
+    else:
+        print(f"report written to {lreport.compare(args.run_dirs, args.out)}")
+    return 0
 
 
 def _add_video_parser(sub) -> None:
@@ -238,6 +292,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"table written to {Path(out) / 'lodo.md'}")
     elif args.command == "video":
         return _run_video(args)
+    elif args.command == "latency":
+        return _run_latency(args)
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo

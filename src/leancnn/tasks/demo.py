@@ -8,12 +8,15 @@ without MixStyle, with MixStyle (random) and with MixStyle (crossdomain, domain-
 Stage 3: MoViNet-A0 stream trained briefly on the moving-digits actions, then a long synthetic video streamed
 through it frame by frame: the running top-1 and the process's memory, which stays flat (the state has a fixed
 size whatever the video's length).
-Later stages (pruning, latency, ...) append their sections to the same report.
+Stage 4: `leancnn latency` on the models of stages 1 and 3 and the Digits-DG CNN, idle and with a co-running CPU
+hog per core, PyTorch eager and onnxruntime: latency CDFs, rank reversals, a recommendation.
+Later stages (pruning, registration) append their sections to the same report.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from ..train import load_checkpoint, load_model_state
 from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
 from .lodo import run_lodo, table
 from .runs import check_path_arg, held_run_files
+
+N_STAGES = 4
 
 # The demo's built-in experiment; configs/demo.yaml is the same file (a test keeps them equal).
 DEMO_CONFIG = {
@@ -98,8 +103,9 @@ DEMO_STREAM_FRAMES = 256
 DEMO_STREAM_ACTION = "rotate_cw"
 
 
-def video_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[str, str]:
-    """Train A0 stream briefly, stream a long synthetic video through it; the report's section and a figure."""
+def video_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[tuple[str, str], Path]:
+    """Train A0 stream briefly, stream a long synthetic video through it; the report's section (and a figure),
+    and the run's checkpoint."""
     from ..config import VideoConfig
     from ..models.movinet import state_nbytes
     from ..tasks import video
@@ -138,7 +144,61 @@ def video_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tupl
             f"{rss[first]:.0f} MiB (frame {reports[first]['frame']}) to {rss[-1]:.0f} MiB (frame {reports[-1]['frame']}), "
             f"{growth:+.1f}%, while the state stayed {state_mib:.2f} MiB; {reports[-1]['fps']:.0f} frames/s.\n\n"
             "![stream: running probability and memory](video_stream.png)")
-    return "MoViNet: streaming video in constant memory", text
+    return ("MoViNet: streaming video in constant memory", text), summary["checkpoint"]
+
+
+# Stage 4: latency under CPU contention of the demo's own models (the stage-1 classifier, the stage-3 stream step)
+# and the Digits-DG CNN: idle and one CPU hog per core (so the timed inference shares its core), PyTorch eager
+# and onnxruntime, one thread.
+DEMO_LATENCY = {
+    "name": "demo-latency",
+    "grid": {"loads": [{"workers": 0}, {"workers": -1}], "threads": [1], "backends": ["eager", "onnxruntime"]},
+    "protocol": {"warmup": 5, "samples": 150, "block": 10, "settle_seconds": 0.5, "condition_seconds": 20},
+}
+
+
+def latency_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, stream: str | Path | None,
+                    force: bool = False) -> tuple[str, str]:
+    """Measure the demo's models idle and under load (``leancnn latency``); the report's section."""
+    from ..config import LatencyConfig
+    from ..latency import report as lreport
+    from ..latency import runner
+
+    raw = copy.deepcopy(DEMO_LATENCY)
+    raw["grid"]["loads"][1]["workers"] = len(os.sched_getaffinity(0))
+    raw["models"] = [{"checkpoint": str(classifier), "label": f"{cfg.model.name} (stage 1)"},
+                     {"name": "digits_cnn"}]
+    if stream is not None:
+        raw["models"].append({"checkpoint": str(stream), "label": "A0 stream step (stage 3)"})
+    if cfg.data.limit_train > 0:  # a shortened demo (tests) measures less
+        raw["protocol"].update(samples=20, block=5, warmup=2, settle_seconds=0.0)
+    lcfg = from_dict(LatencyConfig, raw)
+    run_dir = out / "latency"
+    runner.run(lcfg, run_dir, force=force, log=lambda line: print("  " + line, flush=True), progress=False)
+    data = lreport.load_run(run_dir)
+    result = lreport.analyse(data, quantiles=(0.5, 0.99))
+    conds = {c["label"]: c for c in data.done}
+    table = []
+    for r in result["summary"]:
+        share = conds[r["condition"]].get("load_cpu_share")
+        table.append([r["condition"], r["model"], f"{1e3 * r['median']:.2f}", f"{1e3 * r['p99']:.2f}",
+                      f"{100 * r['cv']:.0f}%", f"{share:.2f}" if share else "–"])
+    rev = result["reversals"]
+    kinds = sorted({c.get("load_kind_used") for c in data.done} - {"none", None})
+    text = (f"`leancnn latency` on the models this demo trained and the Digits-DG CNN, batch 1, one thread: "
+            f"idle and with one co-running CPU hog per core ({', '.join(kinds) or 'none'}), PyTorch eager and "
+            "onnxruntime "
+            f"(exported automatically), {lcfg.protocol.samples} timed inferences per model and condition in "
+            "randomised interleaved blocks. A smoke test of the harness, not a result: the experiment with five "
+            "models, 0/1/2 load workers and 1/2 threads is in docs/results.md.\n\n"
+            + report.format_table(table, ["condition", "model", "median ms", "p99 ms", "CV", "load CPU used"],
+                                  markdown=True)
+            + "\n\n" + (f"{len(rev)} significant rank reversal(s) between conditions (Holm over "
+                         f"{result['pairwise']['n_tests']} tests)." if rev else
+                         f"No significant rank reversal (Holm over {result['pairwise']['n_tests']} tests).")
+            + " " + (result["recommendation"] or {}).get("summary", "") + ".\n\n"
+            "![latency CDFs](latency/latency_cdf.png)\n\nFull report: [latency/report.md](latency/report.md).")
+    return "Latency under CPU contention", text
 
 
 def default_demo_config(overrides=()) -> ExperimentConfig:
@@ -176,7 +236,7 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
     out = check_path_arg(out, "-o") or Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     if not force and ((out / "report.md").exists() or held_run_files(out / "train")):
         raise LeancnnError(f"'{out}' already holds a demo; add --force to replace it, or choose another -o")
-    print(f"[demo 1/3] training {cfg.model.name} with loss '{cfg.loss.name}' on {', '.join(cfg.data.domains)} "
+    print(f"[demo 1/{N_STAGES}] training {cfg.model.name} with loss '{cfg.loss.name}' on {', '.join(cfg.data.domains)} "
           f"for {cfg.train.epochs} epochs")
     summary = train(cfg, out=out / "train", quiet=True, force=force)
     stage_times = [time.perf_counter() - start]
@@ -197,12 +257,17 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
         ("Training curves", "![training curves](train/curves.png)"),
         *bias_loss_sections(cfg, summary, model, out),
     ]
-    print(f"[demo 2/3] leave-one-domain-out on {DEMO_LODO_TARGET}: ResNet-20 without / with MixStyle", flush=True)
+    print(f"[demo 2/{N_STAGES}] leave-one-domain-out on {DEMO_LODO_TARGET}: ResNet-20 without / with MixStyle", flush=True)
     sections.append(mixstyle_section(cfg, out))
     stage_times.append(time.perf_counter() - start - sum(stage_times))
-    print("[demo 3/3] MoViNet-A0 stream: brief training on moving-digits actions, then a long video streamed "
+    print(f"[demo 3/{N_STAGES}] MoViNet-A0 stream: brief training on moving-digits actions, then a long video streamed "
           "frame by frame", flush=True)
-    sections.append(video_section(cfg, out, force))
+    video_sec, stream_ckpt = video_section(cfg, out, force)
+    sections.append(video_sec)
+    stage_times.append(time.perf_counter() - start - sum(stage_times))
+    print(f"[demo 4/{N_STAGES}] latency under CPU contention: the demo's models idle and with a CPU hog per core, "
+          "PyTorch eager and onnxruntime", flush=True)
+    sections.append(latency_section(cfg, out, summary["checkpoint"], stream_ckpt, force))
     stage_times.append(time.perf_counter() - start - sum(stage_times))
     sections.append(("Config", "```yaml\n" + dump_config(cfg) + "```"))
     elapsed = time.perf_counter() - start
