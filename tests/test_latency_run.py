@@ -253,28 +253,23 @@ def test_quota_condition_runs_or_is_skipped_with_the_reason(tmp_path):
 # ------------------------------------------------------------------------------------------------ cleanup
 
 
-def _stat(pid: int):
-    st = proc_stat(pid)
-    return None if st is None else (st[0], st[1], st[3])  # state, ppid, sid
-
-
-def _load_sessions(parent: int) -> set[int]:
-    """Sessions of the parent's children that run in sessions of their own: the load processes."""
+def _load_groups(parent: int) -> set[int]:
+    """Process groups led by the parent's children (the load processes: each leads a group of its own)."""
     out = set()
     for name in os.listdir("/proc"):
         if name.isdigit():
-            st = _stat(int(name))
-            if st and st[1] == parent and st[2] != parent and st[2] == int(name) and st[0] not in "ZX":
+            st = proc_stat(int(name))  # state, ppid, pgid, sid
+            if st and st[1] == parent and st[2] == int(name) and st[0] not in "ZX":
                 out.add(int(name))
     return out
 
 
-def _alive_in(sessions: set[int]) -> list[int]:
+def _alive_in(groups: set[int]) -> list[int]:
     left = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            st = _stat(int(name))
-            if st and st[0] not in "ZX" and st[2] in sessions:
+            st = proc_stat(int(name))
+            if st and st[0] not in "ZX" and (st[2] in groups or st[3] in groups):
                 left.append(int(name))
     return left
 
@@ -293,13 +288,13 @@ def test_real_signal_midrun_leaves_no_load_process(tmp_path, kind, sig):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60
-        sessions: set[int] = set()
+        sessions: set[int] = set()  # the load's process groups
         while not sessions and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-            sessions = _load_sessions(proc.pid)
+            sessions = _load_groups(proc.pid)
         assert sessions, f"no load process appeared: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
         time.sleep(0.5)  # the load is running and the model is being timed
-        sessions |= _load_sessions(proc.pid)
+        sessions |= _load_groups(proc.pid)
         assert _alive_in(sessions)
         proc.send_signal(sig)
         rc = proc.wait(timeout=20)

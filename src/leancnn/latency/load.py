@@ -17,11 +17,12 @@ run-queue wait they suffered (``/proc/<pid>/schedstat``). The runner records bot
 ``kind_used`` says which backend ran (``"stress-ng"`` or ``"python fallback"``) so the report can say it.
 
 The Python workers are spawned interpreters, not ``multiprocessing`` children. Each one is started as
-``python -I -S -c <worker source>`` with :class:`subprocess.Popen` and ``start_new_session=True``. This is the
+``python -I -S -c <worker source>`` with :class:`subprocess.Popen` in a process group of its own
+(``process_group=0``; Python 3.10: ``start_new_session=True``). This is the
 ``spawn`` start method without multiprocessing's bootstrap. A ``multiprocessing`` spawn child would re-import
 the caller's ``__main__`` and ``leancnn``, and so torch: seconds and hundreds of MB per worker. A ``fork`` child
 would copy a process that runs torch's thread pools, and a forked child gets into its own process group only
-after it starts running. With ``Popen``, ``setsid`` happens before ``exec``, so every worker is in its own group
+after it starts running. With ``Popen``, ``setpgid`` happens before ``exec``, so every worker is in its own group
 before ``Popen`` returns and ``killpg`` always finds it. The worker needs only ``os``, ``time`` and ``ctypes``
 and starts in about 20 ms.
 
@@ -30,7 +31,16 @@ confined to that set (``taskset`` semantics, ``stress-ng --taskset``). ``"spread
 *i*-th CPU this process may use, round robin, so each worker has a core of its own. For stress-ng, "spread" runs one
 stress-ng per CPU, because ``--taskset`` confines all of an instance's workers to one set.
 
-**Cleanup, in layers.** Every load runs in process groups (sessions) of its own.
+**Scheduling groups.** The load stays in this process's session. Where the kernel has autogroup scheduling
+(``/proc/sys/kernel/sched_autogroup_enabled`` = 1, the default of most distributions), every session is a CFS
+group that gets one fair share as a whole: hogs started in a session of their own (``setsid``) would take about
+one CPU *together*, whatever their number (measured here: 2 stress-ng workers used 1.01 CPU against a 1-thread
+inference on 2 CPUs). In the measuring process's session each hog competes task for task, as a co-running
+thread of another app would inside one scheduling group. ``system_snapshot`` records the autogroup setting.
+On Python 3.10 (no ``process_group``), the workers get a session of their own, and the report's measured load
+share shows the difference.
+
+**Cleanup, in layers.** Every load runs in process groups of its own.
 
 1. ``with CpuLoad(...)`` / :meth:`CpuLoad.stop` sends SIGTERM to each group, then SIGKILL, and waits until no
    process of the groups is left. This covers normal exit and an exception inside the ``with``.
@@ -443,8 +453,12 @@ class CpuLoad:
         return [list(pin)] * n
 
     def _popen(self, argv: list[str], stderr) -> subprocess.Popen:
+        # A process group of its own (killpg finds every load process), in this process's session: with
+        # CONFIG_SCHED_AUTOGROUP (most desktop and server kernels) a new session is a new scheduling group that
+        # gets one fair share as a whole, so N hogs in their own session would take ~1 CPU together, not N.
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                start_new_session=True, close_fds=True)
+                                close_fds=True, **group)
 
     def _start_python(self) -> None:
         pdeath = "1" if _pdeathsig_possible() else "0"
@@ -537,7 +551,7 @@ class CpuLoad:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _group_ids(self) -> set[int]:
-        return {p.pid for p in self._procs}  # each leader started a session: pid == pgid == sid
+        return {p.pid for p in self._procs}  # each leader started a process group: pid == pgid
 
     def _signal_groups(self, sig: int) -> None:
         for p in self._procs:
@@ -962,7 +976,7 @@ def system_snapshot() -> dict:
     CPUs this process may use), ``cpu_mhz`` (per CPU of the affinity set) and ``cpu_mhz_mean`` with
     ``cpu_freq_source`` (cpufreq ``scaling_cur_freq`` where present, else ``/proc/cpuinfo`` "cpu MHz"),
     ``governor`` (cpufreq scaling governor(s), comma-joined if they differ), ``cgroup_cpu_quota`` (cores
-    allowed by this process's own cgroup, None = unlimited), ``time_unix``.
+    allowed by this process's own cgroup, None = unlimited), ``sched_autogroup`` (kernel autogroup scheduling on), ``time_unix``.
     """
     snap: dict[str, Any] = {"time_unix": time.time()}
     la = (_read("/proc/loadavg") or "").split()
@@ -1003,4 +1017,6 @@ def system_snapshot() -> dict:
     governors = sorted({g for c in cpus if (g := _read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"))})
     snap["governor"] = ",".join(governors) or None
     snap["cgroup_cpu_quota"] = _own_quota_cores(os.getpid())
+    auto = _read("/proc/sys/kernel/sched_autogroup_enabled")
+    snap["sched_autogroup"] = None if auto is None else auto == "1"
     return snap

@@ -723,6 +723,10 @@ def run(cfg: LatencyConfig, out: str | Path, resume: bool = False, force: bool =
 
         try:
             rec, rows = run_condition(cond, specs, cfg, cache, rng, on_block)
+        except KeyboardInterrupt:
+            log(f"interrupted in condition {k} of {len(conditions)} ({cond.label}); {len(finished_conditions(out))} "
+                f"finished condition(s) are kept in '{out}': finish with --resume -o {out}")
+            raise
         finally:
             if bar is not None:
                 bar.close()
