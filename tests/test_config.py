@@ -277,6 +277,13 @@ def test_shipped_config_loads(path):
 
         assert load_config(path, cls=VideoConfig).model.name in list_models()
         return
+    if path.name.startswith("latency_"):  # latency grids: every model registered, every condition runnable here
+        from leancnn.config import LatencyConfig
+        from leancnn.latency.runner import plan_conditions
+
+        lcfg = load_config(path, cls=LatencyConfig)
+        assert all(m.name in list_models() for m in lcfg.models if m.name) and plan_conditions(lcfg)
+        return
     cfg = load_config(path)
     assert cfg.model.name in list_models()
     assert set(cfg.data.domains + cfg.data.test_domains) <= set(DOMAINS)

@@ -307,3 +307,16 @@ def test_real_signal_midrun_leaves_no_load_process(tmp_path, kind, sig):
         time.sleep(0.05)
     assert _alive_in(sessions) == []
     assert (out / "run.json").is_file() and read_conditions(out) == []  # nothing half-recorded
+
+
+def test_cli_report_and_compare(tmp_path, capsys):
+    cfg = cfg_of(grid={"loads": [{"workers": 0}]})
+    for name in ("a", "b"):
+        runner.run(cfg, tmp_path / name, log=lambda s: None, report=False)
+    assert main(["latency", "report", str(tmp_path / "a"), "--quantiles", "0.5", "0.9"]) == 0
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "p90" in text and "digits_cnn" in text
+    assert main(["latency", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "report.md").is_file() and "report written to" in capsys.readouterr().out
+    assert main(["latency", "compare", str(tmp_path / "a"), "-o", str(tmp_path / "d")]) == 2
+    assert main(["latency", "run", "--resume"]) == 2  # --resume needs --out

@@ -391,7 +391,8 @@ class LatencyProtocolConfig:
     warmup: int = rule(10, ge=0)  # untimed inferences per model per condition (torch.compile: after compiling)
     samples: int = rule(200, ge=2)  # timed inferences per model per condition
     block: int = rule(10, ge=1)  # consecutive inferences of one model in a block; models in random order per block
-    condition_seconds: float = rule(120.0, gt=0.0)  # time budget per condition: stop after the current block
+    # time budget of a condition's timed blocks (warm-up and compilation excluded): stop after the current block
+    condition_seconds: float = rule(120.0, gt=0.0)
     settle_seconds: float = rule(1.0, ge=0.0)  # wait after a load starts, before the warm-up
     seed: int = rule(0, ge=0, lt=SEED_MAX)  # model order in the blocks
     memory_format: Literal["channels_last", "contiguous"] = "channels_last"  # 4-D image inputs, eager/compile

@@ -629,7 +629,7 @@ def run_condition(cond: Condition, specs: list[ModelSpec], cfg: LatencyConfig, c
             if isinstance(ctx, CpuLoad):
                 ctx.sample()  # the load's share is measured over the timed part only
             if fns:
-                result = measure(fns, p.samples, p.block, rng, budget_s=max(budget - (time.perf_counter() - start), 0),
+                result = measure(fns, p.samples, p.block, rng, budget_s=budget,
                                  check=check, on_block=progress)
             else:
                 result = {"rows": [], "truncated": False, "blocks": 0, "planned_blocks": 0, "error": None}
