@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.procs import proc_stat
+from helpers.procs import default_sigint, proc_stat
 
 from leancnn.config import from_dict
 from leancnn.errors import ConfigError, LeancnnError
@@ -181,7 +181,8 @@ def _is_stress_worker(pid, load) -> bool:
 
 
 def _start_victim(kind: str, workers: int = 2, mode: str = "main"):
-    proc = subprocess.Popen([sys.executable, str(VICTIM), kind, str(workers), "50", mode], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(VICTIM), kind, str(workers), "50", mode], preexec_fn=default_sigint,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.procs import proc_stat
+from helpers.procs import default_sigint, proc_stat
 
 from leancnn.cli import main
 from leancnn.config import LatencyConfig, from_dict
@@ -285,6 +285,7 @@ def test_real_signal_midrun_leaves_no_load_process(tmp_path, kind, sig):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "leancnn", "latency", "run", "-c", str(cfg), "-o", str(out)],
+                            preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60

@@ -13,3 +13,11 @@ def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
         return None
     rest = data[data.rfind(b")") + 2:].split()
     return rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3])
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must react to SIGINT: a shell runs background jobs with SIGINT ignored,
+    and an ignored signal stays ignored across exec (so would be Python's KeyboardInterrupt in the child)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
