@@ -39,3 +39,12 @@ def test_demo_writes_report(tmp_path, capsys):
     for variant in ("vanilla", "MixStyle-random", "MixStyle-crossdomain"):
         assert f"| {variant}" in report
         assert (out / "lodo" / variant / "mnistm" / "seed0" / "summary.json").is_file()
+    # stage 3: MoViNet stream; stage 4: latency under load; stage 5: pruning with blended criteria
+    assert "## MoViNet: streaming video in constant memory" in report and (out / "video_stream.png").is_file()
+    assert "## Latency under CPU contention" in report and (out / "latency" / "report.md").is_file()
+    import re
+
+    assert re.search(r"load \d+x100%", report)  # one hog per core
+    assert "## Pruning: blended criteria" in report and (out / "prune" / "pruned.pt").is_file()
+    assert "fewer MACs" in report and "pruned + fine-tuned" in report
+    assert "stage 5" in report  # per-stage times

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_video_parser(sub)
     _add_latency_parser(sub)
+    _add_prune_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
@@ -101,6 +102,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--force", action="store_true", help="replace the demo that -o already holds")
     return parser
+
+
+def _add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="structural filter pruning with single or blended criteria (and a search)",
+                       description="Prune a trained digit classifier to a MAC target (docs/pruning.md): "
+                                   "`leancnn prune RUN_OR_CHECKPOINT --target-macs 0.5 --criteria l1 bn taylor "
+                                   "--search ea`; `leancnn prune analyse RUN_OR_CHECKPOINT --criteria ...` "
+                                   "clusters the criteria only. The input checkpoint is never modified.")
+    p.add_argument("source", nargs="+", metavar="[analyse] RUN_OR_CHECKPOINT",
+                   help="a training run directory or checkpoint (prefix 'analyse' for the clustering alone)")
+    p.add_argument("-c", "--config", help="YAML prune config (see configs/prune_*.yaml); defaults apply when omitted")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. search.population=8")
+    p.add_argument("-o", "--out", help="output directory (default runs/<name>-<time>)")
+    p.add_argument("--force", action="store_true", help="replace what --out already holds")
+    p.add_argument("--target-macs", type=float, help="fraction of the MACs kept (e.g. 0.5)")
+    p.add_argument("--criteria", nargs="+", help="one criterion, or several to blend: l1, l2, fpgm, bn, taylor, "
+                                                 "act_mean, apoz, entropy, hrank, random")
+    p.add_argument("--search", choices=["none", "ea"], help="ea: evolutionary search of the blend's weights")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tune the pruned model for N epochs (0: none)")
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from .tasks import prune
+
+    src = list(args.source)
+    if src[0] == "analyse":
+        if len(src) != 2:
+            raise LeancnnError("usage: leancnn prune analyse RUN_OR_CHECKPOINT --criteria C1 C2 ... [-o DIR]")
+        from .config import PruneConfig, load_config
+
+        pcfg = load_config(args.config, args.overrides, cls=PruneConfig)
+        prune.analyse(src[1], args.criteria or ["l1", "l2", "fpgm", "bn", "taylor", "act_mean", "apoz", "entropy",
+                                                 "hrank", "random"], args.out or "runs/prune-analyse", pcfg)
+        return 0
+    if len(src) != 1:
+        raise LeancnnError(f"give one run directory or checkpoint, got {src}")
+    return prune.prune_command(src[0], args.config, args.overrides, args.out, args.force, args.target_macs,
+                               args.criteria, args.search, args.finetune_epochs)
 
 
 def _add_latency_parser(sub) -> None:
@@ -294,6 +333,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_video(args)
     elif args.command == "latency":
         return _run_latency(args)
+    elif args.command == "prune":
+        return _run_prune(args)
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo

@@ -112,6 +112,11 @@ class ModelConfig:
     num_classes: int = rule(10, ge=1)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model builder
     mixstyle: MixStyleConfig = field(default_factory=MixStyleConfig)
+    # a structurally pruned model (written by `leancnn prune`): {group root layer: kept output channels}; the
+    # registered model is built and pruned to these widths before its weights are loaded
+    pruned: dict[str, Any] = field(default_factory=dict)
+    # initial weights: a checkpoint (or run directory) whose model weights start this run (fine-tuning); "" = none
+    init: str = ""
 
 
 @dataclass
@@ -444,6 +449,52 @@ class LatencyConfig:
             raise ConfigError(f"config key 'models': label(s) {dup} used more than once")
 
 
+@dataclass
+class PruneSearchConfig:
+    """The evolutionary search of the blended criterion (docs/pruning.md)."""
+
+    method: Literal["none", "ea"] = "none"  # none: the criteria blended with equal weights (one criterion: itself)
+    population: int = rule(12, ge=2)
+    generations: int = rule(8, ge=1)
+    mutation_sigma: float = rule(0.2, gt=0.0)
+    crossover: Literal["blend", "uniform"] = "blend"
+    crossover_rate: float = rule(0.9, ge=0.0, le=1.0)
+    elitism: int = rule(2, ge=0)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)
+    workers: int = rule(1, ge=1)  # fitness evaluations in parallel processes (fork)
+    buckets: int = rule(1, ge=1)  # 1: one weight vector for the network; n: one per depth bucket
+    val_images: int = rule(1000, ge=10)  # validation images per fitness evaluation (the validation split)
+    bn_batches: int = rule(10, ge=1)  # training batches that recalibrate BatchNorm before each evaluation
+
+    def _check(self) -> None:
+        if self.elitism >= self.population:
+            raise ConfigError(f"config key 'search.elitism' ({self.elitism}) must be smaller than "
+                              f"'search.population' ({self.population})")
+
+
+@dataclass
+class PruneConfig:
+    """``leancnn prune``: structural pruning of a trained classifier to a MAC target with a single or blended
+    criterion, optionally searched, then fine-tuned (docs/pruning.md)."""
+
+    name: str = rule("prune", name=True)
+    target_macs: float = rule(0.5, gt=0.0, lt=1.0)  # fraction of the MACs kept
+    criteria: list[str] = rule(factory=lambda: ["l1"], min_len=1, unique=True)  # one: that criterion; more: blended
+    normalize: Literal["rank", "scale", "zscore"] = "rank"  # how each criterion's scores are put on one scale
+    correlation: Literal["spearman", "kendall"] = "spearman"
+    cluster_threshold: float = rule(0.9, gt=0.0, le=1.0)  # criteria with rank correlation >= this share a cluster
+    linkage: Literal["single", "complete", "average", "weighted"] = "average"
+    candidates_per_cluster: int = rule(1, ge=1)  # blending candidates taken from each cluster
+    global_pruning: bool = False  # one threshold over all groups instead of the same ratio in each
+    round_to: int = rule(0, ge=0)  # keep channel counts multiples of this (0: no rounding)
+    calib_batches: int = rule(4, ge=1)  # batches the data-driven criteria see
+    search: PruneSearchConfig = field(default_factory=PruneSearchConfig)
+    finetune_epochs: int = rule(0, ge=0)  # 0: no fine-tuning
+    finetune_lr: float = rule(0.01, gt=0.0)
+    finetune_limit_train: int = rule(0, ge=0)  # training images for fine-tuning (0: the source run's setting)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)
+
+
 # Keys that change how a run executes but not what it computes: ignored by run fingerprints (a finished run is
 # reused whatever they are) and free to change on --resume.
 RUNTIME_KEYS = ("name", "output_dir", "data.eval_batch_size", "data.num_workers", "train.threads",
@@ -457,7 +508,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "model.kwargs":
+        if isinstance(v, dict) and key not in ("model.kwargs", "model.pruned"):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -220,6 +220,11 @@ def run_dir_path(cfg: ExperimentConfig, out: str | Path | None, ctx: DistContext
 def build_model(cfg: ExperimentConfig):
     """The registered model; with ``model.mixstyle.after`` MixStyle applied after those modules."""
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    if cfg.model.pruned:  # a pruned model: the registered architecture cut to the recorded widths
+        from ..prune import apply_plan
+
+        with torch.enable_grad():  # the dependency graph is traced through autograd
+            model = apply_plan(model, torch.zeros(1, 3, SIZE, SIZE), cfg.model.pruned)
     ms = cfg.model.mixstyle
     if ms.after:
         try:
@@ -298,7 +303,32 @@ def memory_format_for(cfg: ExperimentConfig, model, device: torch.device, batch:
 def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
     """Content digests of every domain a run reads (part of its fingerprint)."""
     names = [*cfg.data.domains, *cfg.data.test_domains, *cfg.semi.unlabeled_domains]
-    return {f"digits/{n}": domain_digest(n) for n in dict.fromkeys(names)}
+    out = {f"digits/{n}": domain_digest(n) for n in dict.fromkeys(names)}
+    if cfg.model.init:  # the initial weights are part of what a run computes from
+        out["init"] = weights_digest(cfg.model.init)
+    return out
+
+
+def weights_digest(path: str | Path) -> str:
+    """Digest of the model weights of a checkpoint (or run directory: best.pt, else last.pt)."""
+    import hashlib
+
+    from .video import resolve_checkpoint
+
+    state = load_checkpoint(resolve_checkpoint(path, "model.init"))
+    h = hashlib.sha256()
+    for k, v in sorted(state["model"].items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def load_init_weights(model, cfg: ExperimentConfig, device: torch.device) -> None:
+    """``model.init``: start from another run's weights (they must fit the architecture, pruned or not)."""
+    from .video import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.model.init, "model.init")
+    load_model_state(model, load_checkpoint(path, device), f"model.init checkpoint '{path}'")
 
 
 def run_fingerprint(cfg: ExperimentConfig) -> dict:
@@ -339,6 +369,8 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, steps)
         loss = build_loss(cfg.loss)
         state = None
+        if cfg.model.init and resume is None:
+            load_init_weights(model, cfg, device)
         if resume is not None:
             state = load_checkpoint(resume, device)
             source = f"checkpoint '{state['path']}'"

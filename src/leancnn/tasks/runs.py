@@ -147,10 +147,15 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
 # ----------------------------------------------------------------------------------------- fingerprints
 
 
+# Keys added after runs were first cached: left out of a fingerprint while at their default, so that the runs of
+# earlier versions keep their fingerprints (and are reused).
+LATER_DEFAULTS = {"model.pruned": {}, "model.init": ""}
+
+
 def fingerprint(cfg: ExperimentConfig | dict, data: dict[str, str]) -> dict:
     """What defines a run's results: its config without :data:`RUNTIME_KEYS`, and the digests of its data."""
     keyed = {k: v for k, v in flatten(to_dict(cfg) if not isinstance(cfg, dict) else cfg).items()
-             if k not in RUNTIME_KEYS}
+             if k not in RUNTIME_KEYS and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     blob = json.dumps({"config": keyed, "data": data}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:24], "config": keyed, "data": dict(data)}
 

@@ -1,0 +1,346 @@
+"""``leancnn prune``: structural pruning of a trained classifier with a single or blended criterion (issue 12).
+
+The pipeline (docs/pruning.md), on a training run or checkpoint of the digit classifiers:
+
+1. the run's model and data (its config); the input checkpoint is only read;
+2. the **score table**: every requested criterion scores every prunable group of the unpruned model once
+   (data-driven criteria on ``calib_batches`` training batches) -- computed once, reused by every candidate;
+3. with several criteria, **criteria clustering**: per layer and over the network, by rank correlation; one
+   blending candidate (or ``candidates_per_cluster``) per cluster; a heatmap PNG;
+4. the **blend**: equal weights over the candidates (``search.method: none``) or an **evolutionary search**
+   of the calibration factors whose fitness is the validation accuracy of the pruned network after BatchNorm
+   recalibration, without fine-tuning, at the fixed MAC target (the uniform pruning ratio is computed once);
+   the validation split is never the test split;
+5. the pruned model is written as an ordinary checkpoint (``pruned.pt``: its config records the pruned widths
+   in ``model.pruned``, so ``leancnn evaluate`` and later runs rebuild the architecture) with its test
+   accuracy before / after, MACs, parameters, and optionally fine-tuned with the one training engine
+   (``finetune/``, a normal run: ``--resume`` works).
+
+Everything is written into ``<out>.partial`` and renamed to ``out`` at the end: a failed or interrupted prune
+leaves no partial output (fine-tuning, a run of its own, comes after).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from .. import report
+from ..config import ExperimentConfig, PruneConfig, apply_overrides, dump_config, from_dict, to_dict
+from ..data.digits import SIZE
+from ..errors import LeancnnError
+from ..io import atomic_write_json
+from ..nn.counting import count_macs, count_params
+from ..train import load_checkpoint, load_model_state, save_checkpoint
+from .classify import build_datasets, build_model, config_from_checkpoint, test_model, train
+
+INPUT = (3, SIZE, SIZE)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def load_source(path: str | Path) -> tuple[ExperimentConfig, nn.Module, Path]:
+    """The classifier of a run directory or checkpoint, with its config (a video run is refused)."""
+    from .video import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path, "source")
+    state = load_checkpoint(ckpt)
+    raw = state.get("config") or {}
+    if "frames" in (raw.get("data") or {}):
+        raise LeancnnError(f"'{ckpt}' is a video run; `leancnn prune` prunes the digit classifiers (use the Python "
+                           "API leancnn.prune.prune_model for any other model)")
+    cfg = config_from_checkpoint(state)
+    model = build_model(cfg)
+    load_model_state(model, state, f"checkpoint '{ckpt}'")
+    return cfg, model.eval(), ckpt
+
+
+def fixed_batches(ds, n_images: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_images`` of ``ds`` (a seeded random subset) as in-memory batches, read once."""
+    n = min(n_images, len(ds))
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n].tolist()
+    return [(b[0], b[1]) for b in DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches) -> None:
+    """BatchNorm running statistics re-estimated on ``batches`` (cumulative average), as adaptive BN (EagleEye)
+    does before judging a pruned network without fine-tuning."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.train()
+    try:
+        for x, _ in batches:
+            model(x)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, batches) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+class PruneFitness:
+    """Validation accuracy of ``model`` pruned with a candidate blend of the score table, after BatchNorm
+    recalibration, at a fixed uniform channel ratio (or a global threshold): the EA's fitness. Everything that
+    does not change between candidates (scores, ratio, data batches) is computed before."""
+
+    def __init__(self, model, example, table, space, ratio, bn_batches, val_batches, round_to=None,
+                 global_target=None):
+        self.model, self.example, self.table, self.space = model, example, table, space
+        self.ratio, self.bn, self.val, self.round_to = ratio, bn_batches, val_batches, round_to
+        self.global_target = global_target
+
+    def prune(self, blended: dict[str, np.ndarray]):
+        from ..prune import apply_plan, global_plan, prune_with_scores
+
+        with torch.enable_grad():
+            if self.global_target is not None:
+                plan, _ = global_plan(self.model, self.example, blended, self.global_target,
+                                      round_to=self.round_to)
+                return apply_plan(self.model, self.example, plan), plan
+            return prune_with_scores(self.model, self.example, blended, self.ratio, round_to=self.round_to)
+
+    def evaluate(self, blended: dict[str, np.ndarray]) -> tuple[float, nn.Module, dict]:
+        pruned, plan = self.prune(blended)
+        recalibrate_bn(pruned, self.bn)
+        return accuracy(pruned, self.val), pruned, plan
+
+    def __call__(self, genome) -> float:
+        torch.set_num_threads(1)
+        crit = self.space.criterion(np.asarray(genome, dtype=np.float64), "candidate")
+        return self.evaluate(crit.blend(self.table, order=list(self.table)))[0]
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _criterion_name(weights: dict[str, float]) -> str:
+    active = {k: v for k, v in weights.items() if v > 1e-9}
+    if len(active) == 1:
+        return next(iter(active))
+    return "blend(" + ", ".join(f"{k} {v:.2f}" for k, v in active.items()) + ")"
+
+
+def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: bool = False,
+              progress: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Prune the classifier of ``source`` as ``pcfg`` says into run directory ``out`` (see module docstring);
+    returns the summary (also ``out/summary.json``)."""
+    from ..prune import compute_scores, get_criterion, ratio_for_target
+    from ..prune.blend import BlendSpace, evolve
+    from ..prune.cluster import cluster_criteria, plot_correlations
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    for c in pcfg.criteria:
+        get_criterion(c)  # an unknown name fails now, listing the known ones
+    if out.exists() and any(out.iterdir()) and not force:
+        raise LeancnnError(f"'{out}' already holds files; add --force to replace them, or choose another -o")
+    cfg, model, ckpt = load_source(source)
+    torch.manual_seed(pcfg.seed)
+    train_ds, val_ds, tests = build_datasets(cfg.data, label_seed=cfg.train.seed)
+    example = torch.zeros(1, *INPUT)
+    bs = cfg.data.batch_size
+    calib = fixed_batches(train_ds, pcfg.calib_batches * bs, bs, pcfg.seed)
+    bn_batches = fixed_batches(train_ds, pcfg.search.bn_batches * bs, bs, pcfg.seed + 1)
+    val_batches = fixed_batches(val_ds, pcfg.search.val_images, 256, pcfg.seed + 2)
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        log(f"scoring {len(pcfg.criteria)} criteria on {cfg.model.name} ({ckpt})")
+        with torch.enable_grad():
+            table = compute_scores(model, example, pcfg.criteria, calib, max_batches=pcfg.calib_batches,
+                                   progress=progress)
+        np.savez_compressed(work / "scores.npz", **{f"{g}|{c}": v for g, row in table.items() for c, v in row.items()})
+        clustering = None
+        candidates = list(table.criteria)
+        if len(candidates) > 1:
+            clustering = cluster_criteria(dict(table), threshold=pcfg.cluster_threshold, linkage=pcfg.linkage,
+                                          method=pcfg.correlation)
+            plot_correlations(clustering, work / "criteria_correlation.png")
+            candidates = clustering.candidates(pcfg.candidates_per_cluster)
+            log(clustering.summary().splitlines()[0])
+            log(f"blending candidates: {', '.join(candidates)}")
+        size = INPUT
+        ratio = None
+        if not pcfg.global_pruning:
+            with torch.enable_grad():
+                ratio, achieved = ratio_for_target(model, example, pcfg.target_macs, size,
+                                                   round_to=pcfg.round_to or None)
+            log(f"uniform channel ratio {ratio:.4f} keeps {achieved:.4f} of the MACs (target {pcfg.target_macs})")
+        space = BlendSpace(candidates, buckets=pcfg.search.buckets, normalize=pcfg.normalize)
+        fitness = PruneFitness(model, example, table, space, ratio, bn_batches, val_batches,
+                               round_to=pcfg.round_to or None,
+                               global_target=pcfg.target_macs if pcfg.global_pruning else None)
+        search = None
+        if pcfg.search.method == "ea" and len(candidates) > 1:
+            s = pcfg.search
+            init = space.seed_population()  # every candidate alone, and the equal blend
+            population = max(s.population, len(init))
+            log(f"evolutionary search: population {population}"
+                + (f" (raised from {s.population} to hold the {len(init)} seeds)" if population > s.population else "")
+                + f", {s.generations} generations, {s.workers} worker(s)")
+            res = evolve(fitness, space.n_params, population=population, generations=s.generations,
+                         mutation_sigma=s.mutation_sigma, crossover=s.crossover, crossover_rate=s.crossover_rate,
+                         elitism=s.elitism, seed=s.seed, workers=s.workers, init=init,
+                         progress=progress, blocks=space.blocks)
+            genome = res.best_genome
+            search = {"best_fitness": res.best_fitness, "evaluations": res.evaluations, "seconds": res.wall_time,
+                      "history": res.history}
+        else:
+            genome = np.full(space.n_params, 1.0 / len(candidates))  # equal weights (one criterion: itself)
+        criterion = space.criterion(np.asarray(genome, dtype=np.float64), "blended")
+        blended = criterion.blend(table, order=list(table))
+        with torch.enable_grad():
+            pruned, plan = fitness.prune(blended)
+        recalibrate_bn(pruned, bn_batches)
+        val_acc = accuracy(pruned, val_batches)
+        device = torch.device("cpu")
+        before = test_model(model, tests, cfg, device)
+        after = test_model(pruned, tests, cfg, device)
+        macs0, macs1 = count_macs(model, size), count_macs(pruned, size)
+        pruned_cfg = from_dict(ExperimentConfig, apply_overrides(to_dict(cfg), [f"name={cfg.name}-pruned"]))
+        pruned_cfg.model.pruned = {g: [int(i) for i in idx] for g, idx in plan.items()}
+        pruned_cfg.model.init = ""
+        save_checkpoint(work / "pruned.pt", {"model": pruned.state_dict(), "config": to_dict(pruned_cfg),
+                                              "model_name": cfg.model.name, "epoch": 0, "source": str(ckpt)})
+        (work / "config.yaml").write_text(dump_config(pruned_cfg))
+        weights = {c: float(w) for c, w in zip(criterion.criteria, np.asarray(criterion.weights)[0])}
+        summary = {
+            "source": str(ckpt), "model": cfg.model.name, "criteria": list(table.criteria),
+            "candidates": candidates, "criterion": _criterion_name(weights), "weights": weights,
+            "blend": criterion.to_dict(), "target_macs": pcfg.target_macs, "channel_ratio": ratio,
+            "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs1 / macs0,
+            "params_before": count_params(model), "params_after": count_params(pruned),
+            "val_acc_recalibrated": val_acc, "test_before": before, "test_after": after,
+            "search": search, "clustering": clustering.to_dict() if clustering else None,
+            "config": to_dict(pcfg), "seconds": time.perf_counter() - t0,
+        }
+        atomic_write_json(work / "summary.json", summary)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    summary["run_dir"] = str(out)
+    summary["checkpoint"] = str(out / "pruned.pt")
+    log(f"pruned: {summary['criterion']}, MACs {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M "
+        f"({100 * macs1 / macs0:.1f}%), params {summary['params_before']:,} -> {summary['params_after']:,}; "
+        f"validation accuracy after BN recalibration {100 * val_acc:.2f}%")
+    if pcfg.finetune_epochs > 0:
+        ft = finetune(out / "pruned.pt", cfg, pcfg, out / "finetune")
+        summary["finetune"] = {"run_dir": ft["run_dir"], "epochs": pcfg.finetune_epochs, "test": ft["test"],
+                               "best_val_acc": ft["best_val_acc"], "checkpoint": ft["checkpoint"]}
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def finetune_config(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig) -> ExperimentConfig:
+    """The source run's config, on the pruned architecture, started from the pruned weights, for
+    ``finetune_epochs`` at ``finetune_lr`` (cosine, no warm-up)."""
+    state = load_checkpoint(pruned_ckpt)
+    raw = copy.deepcopy(state["config"])
+    raw["model"]["init"] = str(pruned_ckpt)
+    raw["name"] = f"{cfg.name}-finetune"
+    raw["train"]["epochs"] = pcfg.finetune_epochs
+    raw["optim"]["lr"] = pcfg.finetune_lr
+    raw["schedule"]["warmup_epochs"] = 0
+    if pcfg.finetune_limit_train:
+        raw["data"]["limit_train"] = pcfg.finetune_limit_train
+    return from_dict(ExperimentConfig, raw)
+
+
+def finetune(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig, out: Path) -> dict:
+    return train(finetune_config(pruned_ckpt, cfg, pcfg), out=out, quiet=True, force=True)
+
+
+def analyse(source: str | Path, criteria: list[str], out: str | Path, pcfg: PruneConfig,
+            log: Callable[[str], None] = print) -> dict:
+    """``leancnn prune analyse``: the criteria's scores, correlations and clusters alone (no pruning)."""
+    from ..prune import compute_scores, get_criterion
+    from ..prune.cluster import cluster_criteria, plot_correlations
+
+    for c in criteria:
+        get_criterion(c)
+    if len(criteria) < 2:
+        raise LeancnnError("--criteria: the analysis compares criteria; give at least two")
+    cfg, model, ckpt = load_source(source)
+    train_ds, _, _ = build_datasets(cfg.data, label_seed=cfg.train.seed)
+    calib = fixed_batches(train_ds, pcfg.calib_batches * cfg.data.batch_size, cfg.data.batch_size, pcfg.seed)
+    with torch.enable_grad():
+        table = compute_scores(model, torch.zeros(1, *INPUT), criteria, calib, max_batches=pcfg.calib_batches)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = cluster_criteria(dict(table), threshold=pcfg.cluster_threshold, linkage=pcfg.linkage,
+                              method=pcfg.correlation)
+    fig = plot_correlations(result, out / "criteria_correlation.png")
+    atomic_write_json(out / "clustering.json", result.to_dict())
+    log(result.summary())
+    log(f"heatmap written to {fig}")
+    return result.to_dict()
+
+
+def summary_rows(summary: dict) -> list[list]:
+    rows = []
+    for d, r in summary["test_before"].items():
+        a = summary["test_after"][d]
+        row = [d, f"{100 * r['acc']:.2f}%", f"{100 * a['acc']:.2f}%"]
+        if summary.get("finetune"):
+            row.append(f"{100 * summary['finetune']['test'][d]['acc']:.2f}%")
+        rows.append(row)
+    return rows
+
+
+def prune_command(source: str, config: str | None, overrides: list[str], out: str | None, force: bool,
+                  target_macs: float | None, criteria: list[str] | None, search: str | None,
+                  finetune_epochs: int | None) -> int:
+    from ..config import load_config
+    from ..train.distributed import DistContext
+    from ..train.engine import progress_enabled
+
+    extra = []
+    if target_macs is not None:
+        extra.append(f"target_macs={target_macs}")
+    if criteria:
+        extra.append("criteria=[" + ",".join(criteria) + "]")
+    if search is not None:
+        extra.append(f"search.method={search}")
+    if finetune_epochs is not None:
+        extra.append(f"finetune_epochs={finetune_epochs}")
+    pcfg = load_config(config, [*overrides, *extra], cls=PruneConfig)
+    out_dir = Path(out) if out else Path("runs") / f"{pcfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = prune_run(source, pcfg, out_dir, force=force, progress=progress_enabled(DistContext()))
+    heads = ["test set", "before", "pruned (BN recalibrated)"] + (["fine-tuned"] if summary.get("finetune") else [])
+    print(report.format_table(summary_rows(summary), heads))
+    print(f"pruned checkpoint: {summary['checkpoint']}" + (f"; fine-tuned run: {summary['finetune']['run_dir']}"
+                                                          if summary.get("finetune") else ""))
+    return 0
+
+
+__all__ = ["PruneFitness", "accuracy", "analyse", "finetune", "finetune_config", "fixed_batches", "load_source",
+           "prune_command", "prune_run", "recalibrate_bn", "summary_rows"]
