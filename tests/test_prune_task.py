@@ -117,3 +117,12 @@ def test_recalibrated_batchnorm_matches_the_batches():
         feats = torch.cat([net[0](x) for x, _ in xs])
     assert torch.allclose(net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
     assert net[1].momentum == 0.1 and not net.training
+
+
+def test_cli_help_lists_every_criterion(capsys):
+    from leancnn.prune import CRITERIA
+
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in CRITERIA)
