@@ -126,3 +126,19 @@ def test_cli_help_lists_every_criterion(capsys):
         main(["prune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in CRITERIA)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet56", "digits_cnn", "mobilenetv3_large", "skipnet_s",
+                                  "skipnet_l"])
+def test_every_registered_classifier_prunes_to_the_target(name):
+    from leancnn import create_model
+    from leancnn.prune import prune_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.enable_grad():
+        pruned, info = prune_model(model, x[:1], 0.5, "l1")
+    assert abs(info["ratio"] - 0.5) <= 0.02 and info["params_after"] < info["params_before"]
+    with torch.no_grad():
+        assert pruned.eval()(x).shape == model(x).shape == (2, 10)
