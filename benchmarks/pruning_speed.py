@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import write_section  # noqa: E402
+from _common import bench_dir, write_section  # noqa: E402
 
 from leancnn import create_model  # noqa: E402
 from leancnn.config import LatencyConfig, from_dict  # noqa: E402
@@ -47,12 +47,37 @@ def variants(name: str) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
+def search_time(args) -> str:
+    """Wall time of `leancnn prune --search ea` with its default search settings on ResNet-56 at 50% MACs (the
+    trained seed-0 model of benchmarks/pruning_criteria.py), all nine criteria, 2 threads."""
+    from leancnn.config import PruneConfig
+    from leancnn.tasks.prune import prune_run
+
+    src = bench_dir("pruning") / "resnet56-s0" / "base"
+    if not (src / "best.pt").is_file():
+        return "\n\n(The search time needs `python benchmarks/pruning_criteria.py` first: its trained ResNet-56.)"
+    torch.set_num_threads(2)
+    pcfg = from_dict(PruneConfig, {"criteria": ["l1", "l2", "fpgm", "bn", "taylor", "act_mean", "apoz", "entropy",
+                                                "hrank"], "search": {"method": "ea"}})
+    s = prune_run(src, pcfg, bench_dir("pruning-speed") / "search", force=True, log=lambda m: None)
+    torch.set_num_threads(1)
+    sr = s["search"]
+    return (f"\n\n**Search time** (goal: ≤ 10 minutes for ResNet-56 at 50% MACs on 2 cores): `leancnn prune` "
+            f"with the nine criteria and the default search (population {pcfg.search.population}, "
+            f"{pcfg.search.generations} generations, fitness on {pcfg.search.val_images} validation images after "
+            f"recalibrating BatchNorm on {pcfg.search.bn_batches} batches) took {s['seconds']:.0f} s in all, "
+            f"{sr['seconds']:.0f} s of it in the search ({sr['evaluations']} distinct evaluations, "
+            f"{sr['seconds'] / max(sr['evaluations'], 1):.1f} s each), 2 threads, on the trained seed-0 ResNet-56 of "
+            "the criteria experiment: goal " + ("met." if s["seconds"] <= 600 else "**not met**."))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet56", "mobilenetv3_small", "skipnet_s"])
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--no-search", action="store_true", help="skip timing the evolutionary search")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows, met = [], []
@@ -88,6 +113,7 @@ def main() -> None:
                                  "–" if frac is None else f"{speed / red:.2f}",
                                  "–" if ok is None else ("met" if ok else "**not met**")])
                 print(f"{name} {backend} batch {batch} done", flush=True)
+    search = search_time(args) if not args.no_search else ""
     table = format_table(rows, ["model @32×32", "variant", "params", "MACs", "MAC reduction", "runtime", "batch",
                                 "median ms / batch", "speed-up", "speed-up / MAC reduction", "goal ≥ 0.8"],
                          markdown=True)
@@ -95,7 +121,7 @@ def main() -> None:
             "not depend on them), timed with `leancnn latency`'s harness: every variant of a model in the same "
             f"randomised interleaved blocks, 1 thread, idle, median over {args.samples} inferences at batch 1 (fewer "
             "at larger batches). *speed-up*: unpruned median / pruned median; the goal is a speed-up of at least 0.8 "
-            "of the MAC reduction.\n\n" + table + f"\n\nGoal met in {sum(met)} of {len(met)} rows.")
+            "of the MAC reduction.\n\n" + table + f"\n\nGoal met in {sum(met)} of {len(met)} rows." + search)
     print(body)
     if not args.no_docs:
         write_section("benchmarks.md", "pruning-speed", "Pruning: real speed-up", body)
