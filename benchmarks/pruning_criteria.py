@@ -138,6 +138,21 @@ def run_seed(model_name: str, seed: int, args, root: Path) -> dict:
     return out
 
 
+def ensure_plot(model_name: str, seed: int, root: Path) -> None:
+    """The correlation heatmap of ``model_name``'s first seed in docs/img (recomputed from its cached run when a
+    run made with --no-docs lacks it)."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "img" / f"pruning_correlation_{model_name}.png"
+    if path.is_file():
+        return
+    run = root / f"{model_name}-s{seed}" / "base"
+    cfg, model, _ = load_source(run)
+    train_ds, _, _ = build_datasets(cfg.data, label_seed=seed)
+    with torch.enable_grad():
+        table = compute_scores(model, torch.zeros(1, *INPUT), CRITERIA, fixed_batches(train_ds, 4 * 64, 64, seed),
+                               max_batches=4)
+    plot_correlations(cluster_criteria(dict(table), threshold=0.9, method="spearman"), path)
+
+
 def tables(results: list[dict], args) -> str:
     parts = []
     for model_name in args.models:
@@ -204,6 +219,9 @@ def main() -> None:
     torch.set_num_threads(2)
     root = bench_dir("pruning-quick" if args.quick else "pruning")
     results = [run_seed(m, s, args, root) for m in args.models for s in args.seeds]
+    if not args.no_docs:
+        for m in args.models:
+            ensure_plot(m, args.seeds[0], root)
     body = (" and ".join(args.models) + " trained on the four digit domains (" + str(args.limit_train)
             + f" training images, {args.epochs} epochs, SGD lr 0.05 with one epoch of warm-up), each pruned to 50% of its MACs with the same uniform "
             "channel ratio in every group (so every criterion removes the same number of channels per layer and "

@@ -129,8 +129,11 @@ class PruneFitness:
         recalibrate_bn(pruned, self.bn)
         return accuracy(pruned, self.val), pruned, plan
 
+    threads: int | None = None  # set in forked search workers (one thread each), else torch's setting
+
     def __call__(self, genome) -> float:
-        torch.set_num_threads(1)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         crit = self.space.criterion(np.asarray(genome, dtype=np.float64), "candidate")
         return self.evaluate(crit.blend(self.table, order=list(self.table)))[0]
 
@@ -204,6 +207,7 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
             log(f"evolutionary search: population {population}"
                 + (f" (raised from {s.population} to hold the {len(init)} seeds)" if population > s.population else "")
                 + f", {s.generations} generations, {s.workers} worker(s)")
+            fitness.threads = 1 if s.workers > 1 else None  # workers share the cores
             res = evolve(fitness, space.n_params, population=population, generations=s.generations,
                          mutation_sigma=s.mutation_sigma, crossover=s.crossover, crossover_rate=s.crossover_rate,
                          elitism=s.elitism, seed=s.seed, workers=s.workers, init=init,
