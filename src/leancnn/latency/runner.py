@@ -48,6 +48,7 @@ import torch.nn as nn
 from ..config import LatencyConfig, LatencyLoadConfig, LatencyModelConfig, dump_config, from_dict, to_dict
 from ..errors import LeancnnError
 from ..io import atomic_path, cache_dir
+from ..train.checkpoint import state_digest
 from .load import CpuLoad, CpuQuota, LoadDiedError, LoadSpec, quota_support, stress_ng_path, system_snapshot
 
 SAMPLE_COLUMNS = ("condition", "model", "block", "seq", "latency_s", "t_s")
@@ -243,21 +244,12 @@ class Skip(Exception):
     """This model cannot run in this condition (the reason is recorded, the rest of the condition goes on)."""
 
 
-def _weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes() if v.dtype != torch.bfloat16 else
-                 v.float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def cached_export(spec: ModelSpec, batch: int) -> Path:
     """The model's ONNX export at this batch, made once and cached under ``$LEANCNN_CACHE/latency/onnx`` (keyed
     by the weights, the input shape, the batch and torch's version)."""
     from ..export import export_model, export_stream_step
 
-    key = hashlib.sha256(json.dumps([spec.name, spec.kind, list(spec.input), batch, _weights_digest(spec.module),
+    key = hashlib.sha256(json.dumps([spec.name, spec.kind, list(spec.input), batch, state_digest(spec.module.state_dict()),
                                      torch.__version__]).encode()).hexdigest()[:16]
     path = cache_dir() / "latency" / "onnx" / f"{spec.name}-b{batch}-{key}.onnx"
     if not path.is_file():

@@ -603,6 +603,23 @@ def _target_error(target: float, lo: float) -> LeancnnError:
                         f"[{lo:.4f}, 1) with these settings (min_channels / max ratio / round_to)")
 
 
+def _bisect(frac, lo: float, hi: float, target: float, tol: float, steps: int, width: float) -> float:
+    """The x in [lo, hi] whose ``frac(x)`` (decreasing in x) comes closest to ``target``, by bisection: stops
+    within ``tol`` of the target, after ``steps`` halvings, or when the interval is narrower than ``width``."""
+    best = min((lo, hi), key=lambda x: abs(frac(x) - target))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        f = frac(mid)
+        if abs(f - target) < abs(frac(best) - target):
+            best = mid
+        if abs(f - target) <= tol:
+            break
+        lo, hi = (mid, hi) if f > target else (lo, mid)
+        if hi - lo < width:
+            break
+    return best
+
+
 def ratio_for_target(model: nn.Module, example_inputs: Any, target_macs: float,
                      input_size: Sequence[int] | None = None, round_to: int | None = None, tol: float = 0.005,
                      min_channels: int = 1, ignored_layers: Iterable[nn.Module | str] = (),
@@ -630,17 +647,7 @@ def ratio_for_target(model: nn.Module, example_inputs: Any, target_macs: float,
     if not lo_frac <= target < 1.0 or target <= 0:
         raise _target_error(target, lo_frac)
     lo, hi = 0.0, top  # frac(lo) >= target >= frac(hi) (or close)
-    best = min((0.0, top), key=lambda r: abs(frac(r) - target))
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        f = frac(mid)
-        if abs(f - target) < abs(frac(best) - target):
-            best = mid
-        if abs(f - target) <= tol:
-            break
-        lo, hi = (mid, hi) if f > target else (lo, mid)
-        if hi - lo < 1e-9:
-            break
+    best = _bisect(frac, lo, hi, target, tol, steps=60, width=1e-9)
     if abs(frac(best) - target) > max_error:
         raise LeancnnError(f"target_macs={target:g}: the channel granularity (round_to={round_to}) allows no "
                            f"uniform ratio within ±{max_error}; the closest is {frac(best):.4f} at ratio {best:.4f}")
@@ -705,17 +712,7 @@ def global_plan(model: nn.Module, example_inputs: Any, scores: Mapping[str, Any]
     lo, hi = float(allv.min()) - 1.0, float(allv.max()) + 1.0
     if not frac(hi) - max_error <= target < 1.0 or target <= 0:
         raise _target_error(target, frac(hi))
-    best = min((lo, hi), key=lambda t: abs(frac(t) - target))
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        f = frac(mid)
-        if abs(f - target) < abs(frac(best) - target):
-            best = mid
-        if abs(f - target) <= tol:
-            break
-        lo, hi = (mid, hi) if f > target else (lo, mid)
-        if hi - lo < 1e-12:
-            break
+    best = _bisect(frac, lo, hi, target, tol, steps=100, width=1e-12)
     achieved = frac(best)
     if abs(achieved - target) > max_error:
         raise LeancnnError(f"target_macs={target:g}: no threshold gets within ±{max_error} (closest {achieved:.4f})")

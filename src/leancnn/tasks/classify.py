@@ -311,16 +311,10 @@ def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
 
 def weights_digest(path: str | Path) -> str:
     """Digest of the model weights of a checkpoint (or run directory: best.pt, else last.pt)."""
-    import hashlib
-
+    from ..train.checkpoint import state_digest
     from .video import resolve_checkpoint
 
-    state = load_checkpoint(resolve_checkpoint(path, "model.init"))
-    h = hashlib.sha256()
-    for k, v in sorted(state["model"].items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
+    return state_digest(load_checkpoint(resolve_checkpoint(path, "model.init"))["model"])
 
 
 def load_init_weights(model, cfg: ExperimentConfig, device: torch.device) -> None:

@@ -36,6 +36,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A content digest of a state dict (names and values, in name order): what identifies a model's weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        v = v.detach().cpu()
+        h.update((v.float() if v.dtype == torch.bfloat16 else v).contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def load_model_state(model: nn.Module, state: dict[str, Any], source: str = "checkpoint") -> None:
     """Load weights, failing with one clear line when they come from another architecture."""
     saved_name = state.get("model_name")
