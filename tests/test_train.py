@@ -21,6 +21,7 @@ from leancnn.errors import LeancnnError
 from leancnn.models import create_model
 from leancnn.tasks.classify import build_datasets, train
 from leancnn.train import load_checkpoint, lr_factor, save_checkpoint, seed_everything
+from leancnn.train.engine import Task, Trainer
 
 RESUME_OVERRIDES = ["model.name=resnet20", "data.limit_train=256", "data.limit_eval=64", "data.batch_size=64",
                     "data.augment=true", "train.epochs=2", "schedule.warmup_epochs=0.5", "train.threads=1"]
@@ -223,3 +224,53 @@ def test_loss_that_takes_features_receives_the_last_feature_map(tmp_path):
     trainer.fit()
     assert seen == [(32, 64, 8, 8)] * 2  # ResNet-20's last stage, before pooling
     assert (tmp_path / "best.pt").exists()
+
+
+class _RegressTask(Task):
+    """A task the engine has never heard of: regression with a mean-absolute-error metric, best on the lowest
+    validation loss."""
+
+    unit = "points"
+    best_metric, best_mode = "val_mae", "min"
+
+    def train_step(self, trainer, batch):
+        x, y = batch
+        pred = trainer.net(x).squeeze(1)
+        loss = ((pred - y) ** 2).mean()
+        trainer.backward(loss)
+        return {"n": len(y), "loss": loss.item() * len(y), "mae": (pred - y).abs().sum().item()}
+
+    def evaluate(self, trainer):
+        x, y = trainer.val_loader
+        with torch.no_grad():
+            return {"val_mae": (trainer.model(x).squeeze(1) - y).abs().mean().item(), "val_note": None}
+
+    def describe(self, record, trainer):
+        return "regressing"
+
+
+def test_the_engine_runs_a_task_it_does_not_know(tmp_path, capsys):
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5])
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), loader, (x, y), 3,
+                      tmp_path, torch.device("cpu"), task=_RegressTask())
+    history = trainer.fit()
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and "train loss" in out[0] and " mae " in out[0] and "val mae" in out[0]
+    assert "note n/a" in out[0] and "regressing" in out[0] and out[0].endswith("points/s")
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [set(r) >= {"train_loss", "train_mae", "val_mae", "train_points_per_s"} for r in lines] == [True] * 3
+    maes = [r["val_mae"] for r in history]
+    assert maes[-1] < maes[0]  # it learns
+    assert trainer.best == min(maes)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["best_metric"] == "val_mae" and best["epoch"] == 1 + maes.index(min(maes))
+    # exact resume of a finished run restores the best value
+    again = Trainer(model, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), loader, (x, y), 3,
+                    tmp_path, torch.device("cpu"), task=_RegressTask())
+    again.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+    assert again.best == trainer.best and again.epoch == 3

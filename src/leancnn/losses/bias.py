@@ -183,3 +183,11 @@ class BiasLoss(nn.Module):
                 "bias_low_acc": c_low / n_low if n_low else nan,
                 "bias_rest_acc": c_rest / (n - n_low) if n > n_low else nan,
                 "bias_mean_weight": sum_z / n if n else nan}
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        """The diagnostics of :meth:`summarise` for the engine's epoch line."""
+        if "bias_low_share" not in record:
+            return ""
+        return (f"low-diversity {100 * record['bias_low_share']:.1f}% (acc {record['bias_low_acc']:.3f} vs "
+                f"{record['bias_rest_acc']:.3f}, mean weight {record['bias_mean_weight']:.3f})")

@@ -1,14 +1,22 @@
-"""The one training engine: a loop short enough to read in one sitting.
+"""The one training engine: a loop short enough to read in one sitting, that knows no task.
 
-``Trainer`` knows no model or dataset by name. It takes a model, a loss (any callable
-``loss(logits, targets)``; if it accepts a ``features`` keyword it also receives the model's last feature map
-from ``forward_features``), an optimiser, a per-step scheduler and data loaders. A task whose step is not
-"one forward, one loss" passes ``step(trainer, x, y) -> (loss, logits)``: it runs the forward pass(es) and
-hands each loss to :meth:`Trainer.backward` (e.g. one per sub-clip of a video, carrying a detached stream
-state); the engine zeroes the gradients before and takes one optimiser step after. Per epoch it trains,
-evaluates, appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt`` on a new best
-validation accuracy) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off.
-Under ``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
+``Trainer`` knows no model, dataset or task by name. What one step does and how a model is evaluated come from a
+:class:`Task`: ``train_step(trainer, batch)`` runs the forward pass(es), hands each loss to
+:meth:`Trainer.backward` and returns additive sums (``n`` samples, ``loss`` summed over them, any other metric
+summed likewise); ``evaluate(trainer)`` returns the validation metrics. The engine zeroes the gradients before
+each step and takes one optimiser step after; per epoch it sums the task's sums over DDP ranks, turns them into
+``train_<metric>`` means, evaluates, appends the record to ``metrics.jsonl``, prints whatever metrics the record
+holds, and writes ``last.pt`` (and ``best.pt`` on a new best of the task's ``best_metric``, e.g. ``val_acc`` or
+``val_dice``) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off. Under
+``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
+
+The default task, :class:`ClassifyTask`, is image/clip classification: ``(x, y)`` batches, the loss (any
+callable ``loss(logits, targets)``; if it accepts a ``features`` keyword it also receives the model's last
+feature map from ``forward_features``), top-1 accuracy, and the loss's own per-epoch diagnostics when it has
+them (Bias Loss: ``epoch_counters``/``summarise``/``describe``). A classification step that is not "one
+forward, one loss" is passed as ``step(trainer, x, y) -> (loss, logits)`` (video: one loss per sub-clip,
+carrying a detached stream state). Other tasks (semi-supervised training in :mod:`.semi`, registration in
+:mod:`leancnn.tasks.register`) bring their own :class:`Task`.
 
 ``memory_format`` (e.g. ``torch.channels_last``, chosen by the task from ``train.memory_format``) converts the
 model once and every batch once on its way to the device; checkpoints are saved in the default layout, so they
@@ -103,6 +111,95 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, desc: str
     return {"loss": loss_sum / count, "acc": correct / count, "n": count}
 
 
+class Task:
+    """What the engine asks of a task. Subclass it and override what differs."""
+
+    unit: str = "samples"  # what one sample is, for the throughput in metrics.jsonl and the epoch line
+    best_metric: str | None = "val_acc"  # the record key that selects best.pt (None: no best.pt)
+    best_mode: str = "max"  # or "min"
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Once, when the trainer is built (before the model is wrapped)."""
+
+    def batches(self, trainer: "Trainer") -> Iterable:
+        """The epoch's training batches (default: the training loader)."""
+        return trainer.train_loader
+
+    def num_batches(self, trainer: "Trainer") -> int | None:
+        try:
+            return len(trainer.train_loader)
+        except TypeError:
+            return None
+
+    def start_epoch(self, trainer: "Trainer") -> None:
+        """Before the epoch's first batch."""
+
+    def train_step(self, trainer: "Trainer", batch: Any) -> dict[str, float]:
+        """One step: forward, :meth:`Trainer.backward` for each loss. Returns additive sums over the batch:
+        ``n`` (samples), ``loss`` (summed over them) and any other metric, summed the same way; ``samples``
+        optionally counts the samples processed for the throughput when it differs from ``n``."""
+        raise NotImplementedError
+
+    def train_metrics(self, sums: dict[str, float], trainer: "Trainer") -> dict[str, Any]:
+        """The epoch's training entries from the sums over all steps and ranks (default: ``train_<k>`` means)."""
+        n = max(sums.get("n", 0.0), 1.0)
+        return {f"train_{k}": v / n for k, v in sums.items() if k not in ("n", "samples")}
+
+    def evaluate(self, trainer: "Trainer") -> dict[str, Any]:
+        """Validation entries (``val_<metric>``), rank 0 only; called when the trainer has a validation loader."""
+        return {}
+
+    def describe(self, record: dict, trainer: "Trainer") -> str:
+        """Extra text for the epoch line (the engine prints the metrics themselves: override to say more)."""
+        return ""
+
+
+def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    n = y.numel()
+    return {"n": float(n), "loss": float(loss) * n, "acc": float((logits.detach().argmax(1) == y).sum().item())}
+
+
+class ClassifyTask(Task):
+    """``(x, y[, ...])`` batches, a loss on logits, top-1 accuracy; ``best.pt`` on the best ``val_acc``."""
+
+    def __init__(self, step: Callable | None = None, unit: str = "images"):
+        self.step, self.unit = step, unit
+
+    def start_epoch(self, trainer):
+        if hasattr(trainer.loss_fn, "epoch_counters"):
+            trainer.loss_fn.epoch_counters()  # start the epoch's diagnostics from zero
+
+    def train_step(self, trainer, batch):
+        x, y = split_batch(batch)
+        x, y = trainer.to_device(x), y.to(trainer.device, non_blocking=True)
+        loss, logits = (self.step or Trainer.classify_step)(trainer, x, y)
+        return _step_sums(loss, logits, y)
+
+    def train_metrics(self, sums, trainer):
+        record = super().train_metrics(sums, trainer)
+        loss_fn = trainer.loss_fn
+        if hasattr(loss_fn, "epoch_counters"):  # per-epoch diagnostics of the loss (e.g. Bias Loss)
+            record.update(loss_fn.summarise(reduce_sum(loss_fn.epoch_counters(), trainer.dist, trainer.device)))
+        return record
+
+    def evaluate(self, trainer):
+        val = evaluate(trainer.model, trainer.val_loader, trainer.device, "val", progress_enabled(trainer.dist),
+                       trainer.amp, trainer.memory_format)
+        return {"val_loss": val["loss"], "val_acc": val["acc"]}
+
+    def describe(self, record, trainer):
+        describe = getattr(trainer.loss_fn, "describe", None)  # the loss explains its own diagnostics
+        return describe(record) if describe is not None else ""
+
+
+def format_metric(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
 @dataclass
 class Trainer:
     model: nn.Module
@@ -123,10 +220,16 @@ class Trainer:
     memory_format: torch.memory_format | None = None  # layout of the model and every batch (None: as they come)
     compile: bool = False  # torch.compile the network the training step runs (the saved model stays plain)
     step: Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    unit: str = "images"  # what one sample is, for the throughput in metrics.jsonl and the epoch line
+    unit: str = "images"  # the default task's sample, for the throughput in metrics.jsonl and the epoch line
+    task: Task | None = None  # what a step and an evaluation are (default: ClassifyTask(step, unit))
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
+        if self.task is None:
+            self.task = ClassifyTask(self.step, self.unit)
+        self.unit = self.task.unit
+        if self.task.best_mode not in ("max", "min"):
+            raise ValueError(f"task.best_mode must be 'max' or 'min', got {self.task.best_mode!r}")
         if self.amp and self.device.type != "cuda":
             warnings.warn("train.amp needs CUDA; training in float32 on the CPU")
             self.amp = False
@@ -134,7 +237,7 @@ class Trainer:
         convert_model(self.model, self.memory_format)  # once; batches are converted on transfer
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        self.use_features = accepts_features(self.loss_fn)
+        self.use_features = self.loss_fn is not None and accepts_features(self.loss_fn)
         if self.use_features:
             try:
                 net = WithFeatures(self.model, self.feature_layer)
@@ -148,8 +251,14 @@ class Trainer:
         self.net = compile_module(net) if self.compile else net
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0  # completed epochs
-        self.best_acc = -math.inf
+        self.best = -math.inf if self.task.best_mode == "max" else math.inf  # of task.best_metric
         self.history: list[dict] = []
+        self.task.setup(self)
+
+    @property
+    def best_acc(self) -> float:
+        """The best value of the task's ``best_metric`` so far (the name predates other tasks)."""
+        return self.best
 
     # ------------------------------------------------------------------------------------- state
 
@@ -163,7 +272,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
             "epoch": self.epoch,
-            "best_acc": self.best_acc,
+            "best": self.best,
+            "best_metric": self.task.best_metric,
+            "best_acc": self.best,  # the key older checkpoints have
             "history": self.history,
             "rng": rng,  # one entry per rank
             "world_size": self.dist.world_size,
@@ -179,7 +290,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
             self.loss_fn.load_state_dict(state["loss"])  # e.g. Bias Loss's running minimum
-        self.epoch, self.best_acc, self.history = state["epoch"], state["best_acc"], list(state["history"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+        self.best = state["best"] if "best" in state else state["best_acc"]
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
             warnings.warn(f"checkpoint was written by {len(rng)} process(es), resuming with "
@@ -233,34 +345,31 @@ class Trainer:
         self.backward(loss)
         return loss.detach(), logits.detach()
 
-    def train_one_epoch(self) -> dict[str, float]:
+    def train_one_epoch(self) -> dict[str, Any]:
+        """One pass over the task's batches: zero the gradients, the task's step, one optimiser step."""
         self.net.train()
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        if hasattr(self.loss_fn, "epoch_counters"):
-            self.loss_fn.epoch_counters()  # start the epoch's diagnostics from zero
-        loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
-                   disable=not progress_enabled(self.dist))
-        step = self.step or Trainer.classify_step
+        self.task.start_epoch(self)
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(self.task.batches(self), desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
+                   total=self.task.num_batches(self), disable=not progress_enabled(self.dist))
         for batch in bar:
-            x, y = split_batch(batch)
-            x, y = self.to_device(x), y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            loss, logits = step(self, x, y)
+            step_sums = self.task.train_step(self, batch)
             self.optimizer_step()
-            n = y.numel()
-            loss_sum += float(loss) * n
-            correct += (logits.detach().argmax(1) == y).sum().item()
-            count += n
-            bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}")
+            for k, v in step_sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n = max(sums.get("n", 0.0), 1.0)
+            bar.set_postfix({k: f"{v / n:.4f}" for k, v in list(sums.items())[:4] if k not in ("n", "samples")})
         seconds = time.perf_counter() - start
-        loss_sum, correct, count = reduce_sum([loss_sum, correct, count], self.dist, self.device)
-        record = {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-                  f"train_{self.unit}_per_s": count / seconds, "train_seconds": seconds}
-        if hasattr(self.loss_fn, "epoch_counters"):  # per-epoch diagnostics of the loss (e.g. Bias Loss)
-            record.update(self.loss_fn.summarise(reduce_sum(self.loss_fn.epoch_counters(), self.dist, self.device)))
+        keys = sorted(sums)
+        sums = dict(zip(keys, reduce_sum([sums[k] for k in keys], self.dist, self.device)))
+        record = self.task.train_metrics(sums, self)
+        samples = sums.get("samples", sums.get("n", 0.0))
+        record.update({f"train_{self.unit}_per_s": samples / seconds, "train_seconds": seconds})
         return record
 
     def fit(self, resume: str | Path | dict | None = None) -> list[dict]:
@@ -282,12 +391,10 @@ class Trainer:
             record = {"epoch": self.epoch + 1, "lr": lr, **self.train_one_epoch()}
             self.epoch += 1
             if self.dist.is_main and self.val_loader is not None:
-                val = evaluate(self.model, self.val_loader, self.device, "val", progress_enabled(self.dist), self.amp,
-                               self.memory_format)
-                record.update(val_loss=val["loss"], val_acc=val["acc"])
-            is_best = record.get("val_acc", -math.inf) > self.best_acc
+                record.update(self.task.evaluate(self))
+            is_best = self._improves(record)
             if is_best:
-                self.best_acc = record["val_acc"]
+                self.best = record[self.task.best_metric]
             self.history.append(record)
             state = self.state_dict()  # collective (gathers RNG states): every rank calls it
             if self.dist.is_main:
@@ -301,14 +408,24 @@ class Trainer:
                 cb(self, record)
         return self.history
 
+    def _improves(self, record: dict) -> bool:
+        value = record.get(self.task.best_metric) if self.task.best_metric else None
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return value > self.best if self.task.best_mode == "max" else value < self.best
+
     def _print_epoch(self, r: dict) -> None:
-        val = f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if "val_acc" in r else ""
-        if "bias_low_share" in r:
-            val += (f"  low-diversity {100 * r['bias_low_share']:.1f}% (acc {r['bias_low_acc']:.3f} vs "
-                    f"{r['bias_rest_acc']:.3f}, mean weight {r['bias_mean_weight']:.3f})")
-        if "semi_mask_rate" in r:
-            pseudo = r.get("semi_pseudo_acc")  # None: no unlabelled sample passed the threshold
-            val += (f"  loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
-                    f"(pseudo-label acc {'n/a' if pseudo is None else f'{pseudo:.3f}'})")
-        print(f"epoch {r['epoch']:>3}/{self.epochs}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
-              f"acc {r['train_acc']:.4f}{val}  {r[f'train_{self.unit}_per_s']:.0f} {self.unit}/s", flush=True)
+        """``epoch 3/10  lr 0.1  train loss 0.4 acc 0.9  val loss 0.5 acc 0.8  <task's extra>  120 images/s``:
+        every ``train_*`` and ``val_*`` metric of the record, in the order the task returned them."""
+        rate = f"train_{self.unit}_per_s"
+        parts = [f"epoch {r['epoch']:>3}/{self.epochs}", f"lr {r['lr']:.4g}"]
+        for prefix in ("train", "val"):
+            items = [f"{k[len(prefix) + 1:]} {format_metric(v)}" for k, v in r.items()
+                     if k.startswith(prefix + "_") and k not in (rate, "train_seconds")]
+            if items:
+                parts.append(f"{prefix} " + " ".join(items))
+        extra = self.task.describe(r, self)
+        if extra:
+            parts.append(extra)
+        parts.append(f"{r[rate]:.0f} {self.unit}/s")
+        print("  ".join(parts), flush=True)

@@ -23,24 +23,121 @@ nothing is not 0), ``loss_x`` and ``loss_u``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data.augment import strong_augment, weak_augment
 from ..errors import LeancnnError
 from ..nn.mixstyle import with_mixstyle, without_mixstyle
-from .distributed import reduce_sum
-from .engine import Trainer, progress_enabled
+from .engine import ClassifyTask, Task, Trainer
+
+
+class SemiTask(Task):
+    """The engine task of FixMatch + MixStyle training (see the module docstring)."""
+
+    unit = "images"
+
+    def __init__(self, unlabeled_loader: DataLoader, threshold: float = 0.95, weight_u: float = 1.0,
+                 mixstyle_labeled: bool = False, weak: Callable = weak_augment, strong: Callable = strong_augment):
+        if unlabeled_loader is None:
+            raise LeancnnError("semi-supervised training needs an unlabelled loader")
+        if not 0.0 <= threshold <= 1.0:
+            raise LeancnnError(f"config key 'semi.threshold' must be in [0, 1], got {threshold}")
+        if weight_u < 0:
+            raise LeancnnError(f"config key 'semi.weight_u' must be >= 0, got {weight_u}")
+        self.unlabeled_loader, self.threshold, self.weight_u = unlabeled_loader, threshold, weight_u
+        self.mixstyle_labeled, self.weak, self.strong = mixstyle_labeled, weak, strong
+
+    def setup(self, trainer):
+        if trainer.use_features:
+            raise LeancnnError("semi-supervised training uses cross-entropy; set loss.name=ce")
+
+    @staticmethod
+    def _mix(model, mix: str | None):
+        """MixStyle in ``mix`` mode (None: off) for the block (a no-op for a model without MixStyle)."""
+        return without_mixstyle(model) if mix is None else with_mixstyle(model, mix=mix)
+
+    @staticmethod
+    def _labeled_batches(trainer):
+        """Cycle the labelled loader; each new round gets a new shuffle."""
+        sampler = getattr(trainer.train_loader, "sampler", None)
+        rounds = 0
+        while True:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(trainer.epoch * 100_000 + rounds)
+            empty = True
+            for batch in trainer.train_loader:
+                empty = False
+                yield batch
+            if empty:
+                raise LeancnnError("the labelled training set gives no batch; lower data.batch_size")
+            rounds += 1
+
+    def batches(self, trainer):
+        """One pass over the unlabelled loader, each batch paired with the next labelled one."""
+        u_sampler = getattr(self.unlabeled_loader, "sampler", None)
+        if hasattr(u_sampler, "set_epoch"):
+            u_sampler.set_epoch(trainer.epoch)
+        labeled = self._labeled_batches(trainer)
+        for batch_u in self.unlabeled_loader:
+            yield next(labeled), batch_u
+
+    def num_batches(self, trainer):
+        return len(self.unlabeled_loader)
+
+    def train_step(self, trainer, batch):
+        batch_l, batch_u = batch
+        dev, amp, model = trainer.device, trainer.amp, trainer.model
+        x_l, y_l = trainer.to_device(batch_l[0]), batch_l[1].to(dev, non_blocking=True)
+        x_u, y_u = trainer.to_device(batch_u[0]), batch_u[1].to(dev, non_blocking=True)
+        n_l, n_u = len(y_l), len(y_u)
+        xw_l, xw_u = self.weak(x_l), self.weak(x_u)
+        with torch.no_grad(), self._mix(model, None), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            probs = trainer.net(torch.cat([xw_l, xw_u])).float().softmax(1)
+        conf, pseudo = probs.max(1)
+        mask = (conf >= self.threshold).float()
+
+        with self._mix(model, "random" if self.mixstyle_labeled else None), \
+                torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            logits_x = trainer.net(xw_l)
+            loss_x = trainer.loss_fn(logits_x, y_l)
+        trainer.backward(loss_x)
+        loss_u = torch.zeros((), device=dev)
+        if self.weight_u > 0:
+            xs = torch.cat([self.strong(x_l), self.strong(x_u)])
+            # [labelled | unlabelled] halves: crossdomain mode makes every partner come from the other half
+            with self._mix(model, "crossdomain"), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+                logits_s = trainer.net(xs)
+                loss_u = (F.cross_entropy(logits_s.float(), pseudo, reduction="none") * mask).mean()
+            trainer.backward(self.weight_u * loss_u)
+        loss = loss_x.detach() + self.weight_u * loss_u.detach()
+        m_u = mask[n_l:]
+        return {"n": n_l, "loss": loss.item() * n_l, "loss_x": loss_x.item() * n_l, "loss_u": loss_u.item() * n_l,
+                "acc": (logits_x.detach().argmax(1) == y_l).sum().item(), "masked": m_u.sum().item(),
+                "right": ((pseudo[n_l:] == y_u).float() * m_u).sum().item(), "n_u": n_u, "samples": n_l + n_u}
+
+    def train_metrics(self, s, trainer):
+        n_x, n_u = max(s["n"], 1), max(s["n_u"], 1)
+        pseudo_acc = s["right"] / s["masked"] if s["masked"] > 0 else None  # nothing confident: no accuracy
+        return {"train_loss": s["loss"] / n_x, "train_acc": s["acc"] / n_x, "loss_x": s["loss_x"] / n_x,
+                "loss_u": s["loss_u"] / n_x, "semi_mask_rate": s["masked"] / n_u, "semi_pseudo_acc": pseudo_acc}
+
+    evaluate = ClassifyTask.evaluate
+
+    def describe(self, r, trainer):
+        pseudo = r.get("semi_pseudo_acc")
+        return (f"loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
+                f"(pseudo-label acc {'n/a' if pseudo is None else f'{pseudo:.3f}'})")
 
 
 @dataclass
 class SemiTrainer(Trainer):
+    """A :class:`Trainer` whose task is :class:`SemiTask` (built from these fields)."""
+
     unlabeled_loader: DataLoader | None = None
     threshold: float = 0.95
     weight_u: float = 1.0
@@ -49,85 +146,6 @@ class SemiTrainer(Trainer):
     strong: Callable[[torch.Tensor], torch.Tensor] = field(default=strong_augment)
 
     def __post_init__(self):
+        self.task = SemiTask(self.unlabeled_loader, self.threshold, self.weight_u, self.mixstyle_labeled,
+                             self.weak, self.strong)
         super().__post_init__()
-        if self.unlabeled_loader is None:
-            raise LeancnnError("semi-supervised training needs an unlabelled loader")
-        if self.use_features:
-            raise LeancnnError("semi-supervised training uses cross-entropy; set loss.name=ce")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise LeancnnError(f"config key 'semi.threshold' must be in [0, 1], got {self.threshold}")
-        if self.weight_u < 0:
-            raise LeancnnError(f"config key 'semi.weight_u' must be >= 0, got {self.weight_u}")
-
-    def _mix(self, mix: str | None):
-        """MixStyle in ``mix`` mode (None: off) for the block (a no-op for a model without MixStyle)."""
-        return without_mixstyle(self.model) if mix is None else with_mixstyle(self.model, mix=mix)
-
-    def _labeled_batches(self):
-        """Cycle the labelled loader; each new round gets a new shuffle."""
-        sampler = getattr(self.train_loader, "sampler", None)
-        rounds = 0
-        while True:
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch * 100_000 + rounds)
-            empty = True
-            for batch in self.train_loader:
-                empty = False
-                yield batch
-            if empty:
-                raise LeancnnError("the labelled training set gives no batch; lower data.batch_size")
-            rounds += 1
-
-    def train_one_epoch(self) -> dict[str, float | None]:
-        self.net.train()
-        u_sampler = getattr(self.unlabeled_loader, "sampler", None)
-        if hasattr(u_sampler, "set_epoch"):
-            u_sampler.set_epoch(self.epoch)
-        labeled = self._labeled_batches()
-        sums = torch.zeros(8, dtype=torch.float64)  # loss, loss_x, loss_u, correct_x, n_x, masked, right, n_u
-        start = time.perf_counter()
-        bar = tqdm(self.unlabeled_loader, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
-                   disable=not progress_enabled(self.dist))
-        dev, amp = self.device, self.amp
-        for batch_u in bar:
-            batch_l = next(labeled)
-            x_l, y_l = self.to_device(batch_l[0]), batch_l[1].to(dev, non_blocking=True)
-            x_u, y_u = self.to_device(batch_u[0]), batch_u[1].to(dev, non_blocking=True)
-            n_l, n_u = len(y_l), len(y_u)
-            xw_l, xw_u = self.weak(x_l), self.weak(x_u)
-            with torch.no_grad(), self._mix(None), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                probs = self.net(torch.cat([xw_l, xw_u])).float().softmax(1)
-            conf, pseudo = probs.max(1)
-            mask = (conf >= self.threshold).float()
-
-            self.optimizer.zero_grad(set_to_none=True)
-            with self._mix("random" if self.mixstyle_labeled else None), \
-                    torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                logits_x = self.net(xw_l)
-                loss_x = self.loss_fn(logits_x, y_l)
-            self.scaler.scale(loss_x).backward()
-            loss_u = torch.zeros((), device=dev)
-            if self.weight_u > 0:
-                xs = torch.cat([self.strong(x_l), self.strong(x_u)])
-                # [labelled | unlabelled] halves: crossdomain mode makes every partner come from the other half
-                with self._mix("crossdomain"), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                    logits_s = self.net(xs)
-                    loss_u = (F.cross_entropy(logits_s.float(), pseudo, reduction="none") * mask).mean()
-                self.scaler.scale(self.weight_u * loss_u).backward()
-            loss = loss_x.detach() + self.weight_u * loss_u.detach()
-            if not torch.isfinite(loss):
-                raise LeancnnError(f"loss became {loss.item()} in epoch {self.epoch + 1}; "
-                                   "lower optim.lr or set train.grad_clip")
-            self.optimizer_step()
-            m_u = mask[n_l:]
-            sums += torch.tensor([loss.item() * n_l, loss_x.item() * n_l, loss_u.item() * n_l,
-                                  (logits_x.detach().argmax(1) == y_l).sum().item(), n_l, m_u.sum().item(),
-                                  ((pseudo[n_l:] == y_u).float() * m_u).sum().item(), n_u], dtype=torch.float64)
-            bar.set_postfix(loss=f"{sums[0] / sums[4]:.4f}", mask=f"{sums[5] / sums[7]:.2f}")
-        seconds = time.perf_counter() - start
-        s = reduce_sum(sums.tolist(), self.dist, self.device)
-        n_x, n_u = max(s[4], 1), max(s[7], 1)
-        pseudo_acc = s[6] / s[5] if s[5] > 0 else None  # no confident pseudo-label: no accuracy to report
-        return {"train_loss": s[0] / n_x, "train_acc": s[3] / n_x, "loss_x": s[1] / n_x, "loss_u": s[2] / n_x,
-                "semi_mask_rate": s[5] / n_u, "semi_pseudo_acc": pseudo_acc,
-                "train_images_per_s": (s[4] + s[7]) / seconds, "train_seconds": seconds}
