@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_parser(sub)
     _add_latency_parser(sub)
     _add_prune_parser(sub)
+    _add_register_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
                        description="Train a small model on the four digit domains, evaluate it and write "
@@ -244,6 +245,59 @@ def _add_video_parser(sub) -> None:
     q.add_argument("-o", "--out", default="moving-digits.png", help="image path (default moving-digits.png)")
 
 
+def _add_register_parser(sub) -> None:
+    p = sub.add_parser("register", help="label-driven weakly-supervised 3-D image registration (MR to ultrasound): "
+                                        "train, predict, evaluate",
+                       description="Weakly-supervised registration (Hu et al. 2018; docs/registration.md): a 3-D "
+                                   "network predicts a dense displacement field from an unlabelled image pair; "
+                                   "labels drive the training loss only. Data: a paired NIfTI folder "
+                                   "(moving_images/, fixed_images/, moving_labels/, fixed_labels/).")
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("train", help="train a registration network on a labelled paired folder")
+    _add_config_args(q)
+    q.add_argument("--data", help="the paired NIfTI folder (sets data.root)")
+    q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
+    q.add_argument("--resume", help="checkpoint to continue exactly (its config is used unless -c is given)")
+    q.add_argument("--force", action="store_true", help="replace the run that -o already holds")
+    q = rsub.add_parser("predict", help="register image pairs (images only): write the DDF, the warped moving image "
+                                        "(and warped labels when the folder has them) as NIfTI")
+    q.add_argument("checkpoint", help="a .pt checkpoint or a run directory (best.pt, else last.pt)")
+    q.add_argument("--data", required=True, help="a paired folder; only moving_images/ and fixed_images/ are needed")
+    q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    q = rsub.add_parser("evaluate", help="gland Dice and landmark TRE before and after registration: per-pair "
+                                         "per-label CSV, summary with medians and quartiles, a PNG per pair")
+    q.add_argument("checkpoint", nargs="?", help="a .pt checkpoint or a run directory; omit with --identity")
+    q.add_argument("--identity", action="store_true", help="evaluate no registration (the moving volume mapped "
+                                                           "on the fixed grid by --initial)")
+    q.add_argument("--initial", default="centre", choices=["centre", "corners"],
+                   help="with --identity: centres aligned, mm kept (default), or corner to corner (label-reg)")
+    q.add_argument("--data", required=True, help="a labelled paired folder")
+    q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
+    q.add_argument("--split", default="all", choices=["all", "test", "val"],
+                   help="all pairs of --data, or the run's test / validation pairs (default all)")
+    q.add_argument("--no-png", action="store_true", help="skip the per-pair pictures")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from .tasks import register
+
+    if args.action == "train":
+        return register.train_command(args.config, args.overrides, args.data, args.resume, args.out, args.force)
+    if args.action == "predict":
+        ids = register.predict_folder(args.checkpoint, args.data, args.out, args.device, args.force)
+        print(f"registered {len(ids)} pair(s); written to {args.out}")
+        return 0
+    if bool(args.checkpoint) == bool(args.identity):
+        raise LeancnnError("give a checkpoint or --identity (not both)")
+    register.evaluate_folder(None if args.identity else args.checkpoint, args.data, args.out, args.device,
+                             args.split, not args.no_png, args.force, initial=args.initial)
+    return 0
+
+
 def _run_video(args: argparse.Namespace) -> int:
     from . import report
     from .tasks import video
@@ -335,6 +389,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_latency(args)
     elif args.command == "prune":
         return _run_prune(args)
+    elif args.command == "register":
+        return _run_register(args)
     elif args.command == "demo":
         from .config import load_config
         from .tasks.demo import default_demo_config, run_demo

@@ -96,6 +96,10 @@ __all__ = [
     "normalise_image",
     "random_affine",
     "resize_to_grid",
+    "to_fixed_grid",
+    "initial_map",
+    "pair_initial_map",
+    "INITIAL_MAPPINGS",
     "write_phantoms",
 ]
 
@@ -535,6 +539,51 @@ def resize_to_grid(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x[None], size=shape, mode="trilinear", align_corners=True)[0]
 
 
+INITIAL_MAPPINGS = ("corners", "centre")
+
+
+def initial_map(moving_shape: Sequence[int], fixed_shape: Sequence[int], moving_spacing: Sequence[float] | None = None,
+                fixed_spacing: Sequence[float] | None = None, mode: str = "corners") -> np.ndarray:
+    """The 4x4 map from fixed voxel indices to moving voxel indices that puts the moving volume on the fixed grid
+    before any registration.
+
+    ``"corners"`` (label-reg): corner voxels on corner voxels, ``m = q (N_m - 1) / (N_f - 1)`` per axis (the
+    moving volume is stretched to the fixed extent; spacings are not used). ``"centre"``: the volumes' centres
+    coincide and millimetres stay millimetres (voxel spacings from the headers, header origins and rotations
+    ignored), ``m = c_m + (q - c_f) s_f / s_m`` with ``c = (N - 1) / 2``."""
+    if mode not in INITIAL_MAPPINGS:
+        raise LeancnnError(f"unknown initial mapping '{mode}'; choose from: {', '.join(INITIAL_MAPPINGS)}")
+    nm = np.asarray(moving_shape, dtype=np.float64)
+    nf = np.asarray(fixed_shape, dtype=np.float64)
+    out = np.eye(4)
+    if mode == "corners":
+        scale = np.where(nf > 1, (nm - 1) / np.maximum(nf - 1, 1), 0.0)
+        out[:3, :3] = np.diag(scale)
+        return out
+    if moving_spacing is None or fixed_spacing is None:
+        raise LeancnnError("the 'centre' initial mapping needs both voxel spacings")
+    scale = np.asarray(fixed_spacing, dtype=np.float64) / np.asarray(moving_spacing, dtype=np.float64)
+    out[:3, :3] = np.diag(scale)
+    out[:3, 3] = (nm - 1) / 2 - scale * (nf - 1) / 2
+    return out
+
+
+def pair_initial_map(pair: "RegistrationPair", mode: str = "corners") -> np.ndarray:
+    return initial_map(pair.moving_image.shape, pair.fixed_image.shape, pair.moving_spacing, pair.fixed_spacing,
+                       mode)
+
+
+def to_fixed_grid(x: torch.Tensor, shape: Sequence[int], matrix: np.ndarray | None = None) -> torch.Tensor:
+    """``(C, Xm, Ym, Zm)`` resampled (trilinear) on the fixed grid ``shape``: by :func:`resize_to_grid` (the
+    "corners" mapping) when ``matrix`` is None, else at ``matrix`` @ fixed voxel (zeros outside the volume)."""
+    if matrix is None:
+        return resize_to_grid(x, shape)
+    from ..nn.warp import warp
+
+    zero = torch.zeros(1, 3, *(int(s) for s in shape), dtype=x.dtype)
+    return warp(x[None], zero, fixed_to_moving=matrix)[0]
+
+
 class RegistrationSample(NamedTuple):
     """``(1, X, Y, Z)`` float32 tensors on the fixed grid (batched: ``(B, 1, X, Y, Z)``); labels None in predict."""
 
@@ -555,7 +604,7 @@ class RegistrationDataset(Dataset):
     """
 
     def __init__(self, pairs: PairedNifti, mode: str = "train", seed: int = 0, augment_scale: float = 0.0,
-                 skip_empty: bool = True):
+                 skip_empty: bool = True, initial: str = "corners"):
         if mode not in MODES:
             raise LeancnnError(f"unknown dataset mode '{mode}'; choose from: {', '.join(MODES)}")
         if mode != "predict" and not pairs.has_labels:
@@ -565,7 +614,9 @@ class RegistrationDataset(Dataset):
             raise LeancnnError(f"augmentation is for training only, got augment_scale={augment_scale} in mode '{mode}'")
         if not 0 <= augment_scale < 1:
             raise LeancnnError(f"augment_scale must be in [0, 1), got {augment_scale}")
-        self.pairs, self.mode, self.seed = pairs, mode, int(seed)
+        if initial not in INITIAL_MAPPINGS:
+            raise LeancnnError(f"unknown initial mapping '{initial}'; choose from: {', '.join(INITIAL_MAPPINGS)}")
+        self.pairs, self.mode, self.seed, self.initial = pairs, mode, int(seed), initial
         self.augment_scale, self.skip_empty = float(augment_scale), skip_empty
         self.epoch = 0
         self.index: list[tuple[int, int]] = pairs.label_pairs(skip_empty) if mode == "eval" else []
@@ -597,11 +648,12 @@ class RegistrationDataset(Dataset):
             pair = self.pairs[i]
             k, rng = self._draw(i, pair) if self.mode == "train" else (None, None)
         shape = pair.fixed_image.shape
-        mov = resize_to_grid(torch.from_numpy(pair.moving_image)[None], shape)
+        matrix = None if self.initial == "corners" else pair_initial_map(pair, self.initial)
+        mov = to_fixed_grid(torch.from_numpy(pair.moving_image)[None], shape, matrix)
         fix = torch.from_numpy(pair.fixed_image)[None]
         if k is None:
             return RegistrationSample(mov, fix, None, None)
-        mlab = resize_to_grid(torch.from_numpy(pair.moving_label[k])[None], shape).clamp_(0, 1)
+        mlab = to_fixed_grid(torch.from_numpy(pair.moving_label[k])[None], shape, matrix).clamp_(0, 1)
         flab = torch.from_numpy(pair.fixed_label[k])[None]
         if self.augment_scale > 0:
             mov, fix, mlab, flab = (v[0] for v in augment_pair(mov[None], fix[None], mlab[None], flab[None],

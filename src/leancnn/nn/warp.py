@@ -286,5 +286,19 @@ def resize_volume(x: torch.Tensor, shape: Sequence[int], mode: str = "trilinear"
     return out
 
 
-__all__ = ["MODES", "PADDINGS", "RESIZE_MODES", "affine_to_ddf", "identity_grid", "identity_theta", "resize_volume",
+def resize_ddf(ddf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A DDF (B, 3, X, Y, Z) in voxel units of its grid, resampled to the corner-aligned grid of spatial ``shape``
+    and rescaled to that grid's voxel units: component i is multiplied by ``(N_out_i - 1) / (N_in_i - 1)``. So a
+    field predicted on a coarse grid becomes the same mapping on the fine grid (exactly, for an affine field)."""
+    _check_field(ddf)
+    size = _shape3(shape, "shape")
+    if tuple(ddf.shape[2:]) == size:
+        return ddf
+    out = F.interpolate(ddf, size=size, mode="trilinear", align_corners=True)
+    factor = [_default_scale(n_in, n_out) for n_in, n_out in zip(ddf.shape[2:], size)]
+    return out * torch.tensor(factor, dtype=ddf.dtype, device=ddf.device).view(1, 3, 1, 1, 1)
+
+
+__all__ = ["MODES", "PADDINGS", "RESIZE_MODES", "affine_to_ddf", "identity_grid", "identity_theta", "resize_ddf",
+           "resize_volume",
            "voxel_spacing", "voxel_to_voxel", "warp", "world_affine"]

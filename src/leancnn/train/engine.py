@@ -222,6 +222,7 @@ class Trainer:
     step: Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     unit: str = "images"  # the default task's sample, for the throughput in metrics.jsonl and the epoch line
     task: Task | None = None  # what a step and an evaluation are (default: ClassifyTask(step, unit))
+    meta: dict = field(default_factory=dict)  # saved in every checkpoint as "meta" (e.g. a network's input grid)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -279,6 +280,7 @@ class Trainer:
             "rng": rng,  # one entry per rank
             "world_size": self.dist.world_size,
             "config": self.config,
+            "meta": self.meta,
         }
 
     def load_state_dict(self, state: dict) -> None:

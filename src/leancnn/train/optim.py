@@ -12,19 +12,36 @@ from ..config import OptimConfig, ScheduleConfig
 from ..errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation parameters (1-d tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-d tensors). ``lr_scales`` maps a module name
+    (e.g. ``"global_net.head"``) to a multiplier of ``lr`` for the parameters under it, in groups of their own."""
+    scales = dict(lr_scales or {})
+    buckets: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = next((s for prefix, s in scales.items() if name == prefix or name.startswith(prefix + ".")), 1.0)
+        buckets.setdefault((scale, p.ndim <= 1), []).append(p)
+    groups = []
+    for scale in sorted({s for s, _ in buckets}, key=lambda s: s != 1.0):  # the plain group first (its lr is base)
+        for no_decay in (False, True):
+            params = buckets.get((scale, no_decay), [])
+            if not params and scale != 1.0:
+                continue
+            group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+            if scale != 1.0:
+                group["lr"] = lr * scale
+            groups.append(group)
+    return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None
+                    ) -> torch.optim.Optimizer:
+    """SGD or AdamW over :func:`param_groups`; ``lr_scales`` gives some modules a multiple of ``optim.lr``."""
     if cfg.lr <= 0:
         raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.lr}")
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scales)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if len(cfg.betas) != 2:

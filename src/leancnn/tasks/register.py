@@ -1,0 +1,768 @@
+"""Label-driven weakly-supervised image registration (Hu et al., Medical Image Analysis 2018): train, predict,
+evaluate. See docs/registration.md.
+
+A network (:mod:`leancnn.models.regnet`: local, global = affine, or composite) predicts a dense displacement field
+(DDF) from an unlabelled image pair; during training only, one pair of corresponding labels per image pair drives
+the loss: multi-scale soft Dice (or label cross-entropy) between the warped moving label and the fixed label, plus
+a smoothness regulariser (bending energy, weight 0.5, by default).
+
+**Geometry.** As in label-reg, header world coordinates are not used to pair the volumes: the moving volume is
+mapped onto the fixed grid corner to corner (moving voxel 0 on fixed voxel 0, the last on the last). The network
+works on a grid of ``round(data.scale * fixed shape)`` voxels (``scale: 0.5`` halves each axis: 8x fewer voxels,
+what makes CPU training feasible); its DDF is resampled to the full fixed grid (:func:`~leancnn.nn.warp.resize_ddf`)
+before anything is warped or measured, so every metric is computed on the fixed image's own grid: the moving
+label, on its own grid, is sampled at ``(q + ddf(q))`` mapped corner-aligned into the moving volume.
+``ddf`` is in fixed-grid voxel units: the fixed voxel ``q`` corresponds to the moving voxel
+``(q + ddf(q)) * (N_moving - 1) / (N_fixed - 1)`` (per axis).
+
+**Metrics** (:func:`score_pair`): binary Dice at 0.5 and the target registration error = distance between the
+centroids of the thresholded warped-moving and fixed labels, in mm from the fixed header's voxel spacing; for
+every label of every pair, before (the moving label mapped corner-aligned, no registration) and after. Label 0 is
+the gland (Dice), the others landmarks (TRE), as in the MR-US data. An empty label (no voxel >= 0.5 in the moving
+or the fixed volume) is skipped with a warning and never enters a summary; a registered label that comes out empty
+has no centroid: its TRE is missing (counted in the summary), never 0 or NaN.
+
+**Training** goes through the one engine (:class:`leancnn.train.Trainer`) with :class:`RegisterTask`: one step =
+one batch of image pairs, each with one label pair drawn for this epoch (:class:`RegistrationDataset`), resized to
+the network grid, optionally affine-augmented. The validation pairs (``data.val_pairs`` of the training pairs,
+seeded) are registered each epoch: ``val_dice`` (mean gland Dice) picks ``best.pt``; ``val_tre`` (median landmark
+TRE, mm) is printed and logged. With ``data.fold >= 0`` fold ``fold`` of a k-fold split by pair is the test set,
+never seen in training, and is evaluated at the end (``test_per_label.csv`` and ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .. import report
+from ..config import RegisterConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
+from ..data.registration import (
+    PairedNifti,
+    RegistrationDataset,
+    RegistrationPair,
+    collate_pairs,
+    kfold_ids,
+    list_pair_ids,
+    pair_initial_map,
+    to_fixed_grid,
+)
+from ..errors import LeancnnError
+from ..io import atomic_write_json, atomic_write_text
+from ..losses.registration import (
+    bending_energy,
+    binary_dice,
+    centroid_distance_mm,
+    gradient_l1,
+    gradient_l2,
+    label_cross_entropy,
+    multiscale_dice_loss,
+)
+from ..models.regnet import build_regnet, count_params
+from ..nn.warp import resize_ddf, resize_volume, warp
+from ..train import (
+    DistContext,
+    Task,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    cleanup_distributed,
+    init_distributed,
+    load_checkpoint,
+    load_model_state,
+    seed_everything,
+)
+from ..train.engine import progress_enabled
+from .runs import (
+    agree,
+    check_path_arg,
+    check_resume,
+    check_run_dir,
+    default_run_dir,
+    fingerprint,
+    resolve_device,
+    restore_trainer,
+    start_run_dir,
+)
+
+GLAND = 0  # label index of the gland (Dice); the others are landmarks (TRE)
+REGULARISERS = {"bending": bending_energy, "gradient_l2": gradient_l2, "gradient_l1": gradient_l1}
+CSV_FIELDS = ("pair", "label", "structure", "dice_before", "dice_after", "tre_before_mm", "tre_after_mm",
+              "fixed_voxels")
+
+
+# ----------------------------------------------------------------------------------------------- splits, data
+
+
+def split_ids(cfg: RegisterConfig) -> dict[str, list[str]]:
+    """``{"train", "val", "test"}`` pair ids: fold ``data.fold`` of a k-fold split by pair is the test set (none
+    with -1); ``data.val_pairs`` of the remaining pairs, drawn with ``data.split_seed``, validate."""
+    root = check_data_root(cfg.data.root)
+    ids = list_pair_ids(root, labels=True)
+    if cfg.data.fold >= 0:
+        if len(ids) < cfg.data.folds:
+            raise LeancnnError(f"'{root}' has {len(ids)} pairs, fewer than data.folds={cfg.data.folds}")
+        train, test = kfold_ids(ids, cfg.data.folds, seed=cfg.data.split_seed)[cfg.data.fold]
+    else:
+        train, test = list(ids), []
+    if cfg.data.val_pairs >= len(train):
+        raise LeancnnError(f"data.val_pairs={cfg.data.val_pairs} leaves no training pair ({len(train)} pairs "
+                           f"before the validation split); lower it")
+    rng = np.random.default_rng([cfg.data.split_seed, 1])
+    val = sorted(str(v) for v in rng.choice(sorted(train), cfg.data.val_pairs, replace=False)) \
+        if cfg.data.val_pairs else []
+    return {"train": [i for i in train if i not in set(val)], "val": val, "test": list(test)}
+
+
+def check_data_root(root: str | Path) -> Path:
+    if not str(root).strip():
+        raise LeancnnError("no data folder: pass --data DIR (or set data.root)")
+    path = Path(root)
+    if not path.is_dir():
+        raise LeancnnError(f"data folder '{path}' does not exist or is not a directory")
+    return path
+
+
+def open_pairs(cfg: RegisterConfig, ids: Sequence[str] | None, labels: bool | None = True,
+               root: str | Path | None = None) -> PairedNifti:
+    return PairedNifti(check_data_root(root or cfg.data.root), ids, labels=labels, normalise=cfg.data.normalise,
+                       nan_policy=cfg.data.nan_policy)
+
+
+def net_shape(fixed_shape: Sequence[int], scale: float) -> tuple[int, int, int]:
+    """The network's grid for a fixed grid: ``round(scale * n)`` per axis, at least 5 voxels (the bending
+    energy's stencil needs 5)."""
+    return tuple(max(5, int(round(scale * n))) if scale != 1 else int(n) for n in fixed_shape)
+
+
+def fixed_grid(pairs: PairedNifti) -> tuple[int, int, int]:
+    """The one fixed shape of a set of pairs (batches, and the affine network's flatten head, need one)."""
+    shapes = sorted({pairs.shapes(i)[1] for i in range(len(pairs))})
+    if len(shapes) != 1:
+        raise LeancnnError(f"the fixed images of '{pairs.root}' have {len(shapes)} different shapes "
+                           f"({', '.join(map(str, shapes[:4]))}); training needs one fixed shape: resample them "
+                           "to one grid first")
+    return shapes[0]
+
+
+def data_identity(root: str | Path, ids: Sequence[str]) -> dict[str, str]:
+    """A content digest of the files of these pairs (part of a run's fingerprint)."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for folder in ("moving_images", "fixed_images", "moving_labels", "fixed_labels"):
+        for vid in sorted(ids):
+            for suffix in (".nii.gz", ".nii"):
+                f = root / folder / f"{vid}{suffix}"
+                if f.is_file():
+                    h.update(f"{folder}/{f.name}".encode())
+                    h.update(f.read_bytes())
+                    break
+    return {"pairs": h.hexdigest()[:24]}
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: RegisterConfig, image_size: Sequence[int]) -> nn.Module:
+    """The configured network for a network grid of ``image_size``."""
+    m = cfg.model
+    kw: dict[str, Any] = {"bn_mode": m.bn_mode}
+    if m.kind == "local" and m.ddf_levels:
+        kw["ddf_levels"] = m.ddf_levels
+    if m.kind == "composite":
+        kw["global_channels"] = m.global_channels
+    model = build_regnet(m.kind, m.channels, image_size, **kw)
+    # the affine head flattens a feature map of one size: such a network always sees its training grid; a local
+    # network registers any fixed shape on the grid data.scale gives it
+    model.image_size = tuple(image_size) if m.kind != "local" else None
+    return model
+
+
+def affine_lr_scales(model: nn.Module, scale: float) -> dict[str, float]:
+    """``{affine head module name: scale}`` for :func:`~leancnn.train.optim.build_optimizer`."""
+    from ..models.regnet import GlobalNet
+
+    return {f"{name}.head" if name else "head": scale for name, m in model.named_modules() if isinstance(m, GlobalNet)} \
+        if scale != 1.0 else {}
+
+
+def _forward(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = model(moving, fixed)
+    return out if isinstance(out, dict) else {"ddf": out}
+
+
+@torch.no_grad()
+def predict_ddf(model: nn.Module | None, pair: RegistrationPair, scale: float, device: torch.device,
+                initial: str = "centre") -> torch.Tensor:
+    """The DDF (1, 3, X, Y, Z) of one pair on its full fixed grid, fixed voxel units (zeros for ``model=None``:
+    no registration), relative to the ``initial`` mapping. Images only: labels are not read."""
+    fixed_shape = pair.fixed_image.shape
+    if model is None:
+        return torch.zeros(1, 3, *fixed_shape)
+    grid = tuple(getattr(model, "image_size", None) or net_shape(fixed_shape, scale))
+    matrix = pair_initial_map(pair, initial)
+    moving = to_fixed_grid(torch.from_numpy(pair.moving_image)[None], fixed_shape, matrix)
+    moving = resize_volume(moving[None].to(device), grid)
+    fixed = resize_volume(torch.from_numpy(pair.fixed_image)[None, None].to(device), grid)
+    model.eval()
+    ddf = _forward(model, moving, fixed)["ddf"].float()
+    return resize_ddf(ddf, fixed_shape).cpu()
+
+
+def warp_moving(volume: np.ndarray, ddf: torch.Tensor, matrix: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """``volume`` (moving grid; (X, Y, Z) or (L, X, Y, Z)) sampled at ``matrix @ (q + ddf(q))`` for every fixed
+    voxel ``q`` (trilinear, zeros outside the moving volume)."""
+    v = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    out = warp(v[None, None] if v.ndim == 3 else v[None], ddf, mode=mode, fixed_to_moving=matrix)[0]
+    return out[0].numpy() if volume.ndim == 3 else out.numpy()
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def score_pair(pair: RegistrationPair, ddf: torch.Tensor, initial: str = "centre") -> list[dict]:
+    """One row per non-empty label: Dice and TRE before (the ``initial`` mapping alone) and after ``ddf``."""
+    if pair.moving_label is None:
+        raise LeancnnError(f"pair '{pair.id}' has no labels to evaluate")
+    spacing = np.asarray(pair.fixed_spacing, dtype=np.float64)
+    matrix = pair_initial_map(pair, initial)
+    before = warp_moving(pair.moving_label, torch.zeros_like(ddf), matrix)
+    after = warp_moving(pair.moving_label, ddf, matrix)
+    rows = []
+    for k in range(pair.num_labels):
+        if k in pair.empty:
+            continue
+        fixed = pair.fixed_label[k]
+        rows.append({
+            "pair": pair.id, "label": k, "structure": "gland" if k == GLAND else "landmark",
+            "dice_before": binary_dice(before[k], fixed), "dice_after": binary_dice(after[k], fixed),
+            "tre_before_mm": centroid_distance_mm(before[k], fixed, spacing),
+            "tre_after_mm": centroid_distance_mm(after[k], fixed, spacing),
+            "fixed_voxels": int((fixed >= 0.5).sum()),
+        })
+    return rows
+
+
+def quartiles(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Median, quartiles and mean of the present values; ``missing`` counts the None ones."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    out: dict[str, float | int | None] = {"n": int(v.size), "missing": int(len(values) - v.size)}
+    if v.size:
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        out.update(median=float(med), q1=float(q1), q3=float(q3), mean=float(v.mean()))
+    else:
+        out.update(median=None, q1=None, q3=None, mean=None)
+    return out
+
+
+def summarise_rows(rows: Sequence[dict]) -> dict[str, dict]:
+    """Gland Dice and landmark TRE (and gland-centroid TRE), before and after, as :func:`quartiles`."""
+    gland = [r for r in rows if r["structure"] == "gland"]
+    marks = [r for r in rows if r["structure"] == "landmark"]
+    return {
+        "gland_dice_before": quartiles([r["dice_before"] for r in gland]),
+        "gland_dice_after": quartiles([r["dice_after"] for r in gland]),
+        "landmark_tre_before_mm": quartiles([r["tre_before_mm"] for r in marks]),
+        "landmark_tre_after_mm": quartiles([r["tre_after_mm"] for r in marks]),
+        "gland_tre_before_mm": quartiles([r["tre_before_mm"] for r in gland]),
+        "gland_tre_after_mm": quartiles([r["tre_after_mm"] for r in gland]),
+    }
+
+
+def summary_rows(summary: dict[str, dict]) -> list[list[str]]:
+    def q(s: dict, digits: int) -> str:
+        if s["median"] is None:
+            return "n/a"
+        text = f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}, {s['q3']:.{digits}f}]"
+        return text + (f" ({s['missing']} missing)" if s["missing"] else "")
+
+    out = []
+    for name, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre", 2),
+                              ("gland centroid TRE (mm)", "gland_tre", 2)):
+        suffix = "_mm" if "tre" in key else ""
+        b, a = summary[f"{key}_before{suffix}"], summary[f"{key}_after{suffix}"]
+        out.append([name, str(a["n"]), q(b, digits), q(a, digits)])
+    return out
+
+
+SUMMARY_HEADERS = ["metric", "n", "before: median [q1, q3]", "after: median [q1, q3]"]
+
+
+def write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
+    def cell(v):
+        return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+
+    lines = [list(CSV_FIELDS)] + [[cell(r[k]) for k in CSV_FIELDS] for r in rows]
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(lines)
+    atomic_write_text(path, buf.getvalue())
+
+
+def register_and_score(model: nn.Module | None, pairs: PairedNifti, scale: float, device: torch.device,
+                       desc: str = "register", progress: bool = False, initial: str = "centre") -> list[dict]:
+    """Register every pair and score every (non-empty) label; empty labels are skipped with one warning."""
+    rows: list[dict] = []
+    skipped = []
+    for i in tqdm(range(len(pairs)), desc=desc, leave=False, disable=not progress):
+        pair = pairs[i]
+        skipped += [f"{pair.id} label {k}" for k in pair.empty]
+        rows += score_pair(pair, predict_ddf(model, pair, scale, device, initial), initial)
+    if skipped:
+        warnings.warn(f"skipping {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed label): "
+                      f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+class RegisterTask(Task):
+    """The engine task: batches of :class:`RegistrationSample` on the fixed grid; loss = label loss +
+    ``weight`` x regulariser on the network grid; validation = registering the validation pairs."""
+
+    unit = "pairs"
+    best_metric, best_mode = "val_dice", "max"
+
+    def __init__(self, cfg: RegisterConfig, grid: Sequence[int], val_pairs: PairedNifti | None = None):
+        self.cfg, self.grid, self.val_pairs = cfg, tuple(grid), val_pairs
+        self.regulariser = REGULARISERS[cfg.loss.regulariser]
+        self.sigmas = tuple(cfg.loss.sigmas)
+
+    def start_epoch(self, trainer):
+        trainer.train_loader.dataset.set_epoch(trainer.epoch)  # new label draws and augmentations
+
+    def label_loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss.label == "dice":
+            return multiscale_dice_loss(warped, fixed, self.sigmas)
+        return label_cross_entropy(warped, fixed)
+
+    def train_step(self, trainer, batch):
+        dev = trainer.device
+        mov, fix, mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch)
+        out = _forward(trainer.net, mov, fix)
+        ddf = out["ddf"]
+        warped = warp(mlab, ddf)
+        label = self.label_loss(warped, flab)
+        reg = self.regulariser(ddf)
+        loss = label + self.cfg.loss.weight * reg
+        trainer.backward(loss)
+        with torch.no_grad():
+            p, t = warped >= 0.5, flab >= 0.5
+            inter = (p & t).flatten(1).sum(1).double()
+            total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
+            dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+        n = mov.shape[0]
+        return {"n": n, "loss": loss.item() * n, "label": label.item() * n, "reg": reg.item() * n,
+                "dice": dice.sum().item()}
+
+    def evaluate(self, trainer):
+        if self.val_pairs is None:
+            return {}
+        rows = register_and_score(trainer.model, self.val_pairs, self.cfg.data.scale, trainer.device, "val",
+                                  progress_enabled(trainer.dist), self.cfg.data.initial)
+        s = summarise_rows(rows)
+        return {"val_dice": s["gland_dice_after"]["mean"], "val_tre": s["landmark_tre_after_mm"]["median"]}
+
+
+def _train_loader(ds: RegistrationDataset, cfg: RegisterConfig, ctx: DistContext) -> DataLoader:
+    if cfg.data.batch_size % ctx.world_size:
+        raise LeancnnError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ctx.world_size} "
+                           "processes")
+    local = cfg.data.batch_size // ctx.world_size
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed)
+    return DataLoader(ds, batch_size=local, sampler=sampler, collate_fn=collate_pairs,
+                      num_workers=cfg.data.num_workers)
+
+
+def check_register_config(cfg: RegisterConfig) -> dict[str, list[str]]:
+    """Everything that can be refused before a file is written: the data folder, the split, the shapes."""
+    splits = split_ids(cfg)
+    if cfg.loss.regulariser == "bending" and min(net_shape((99, 99, 99), cfg.data.scale)) < 5:
+        raise LeancnnError("the network grid is too small for the bending energy")  # pragma: no cover
+    return splits
+
+
+def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: str | Path | None = None,
+                   quiet: bool = False, force: bool = False, callbacks=()) -> dict:
+    """Train ``cfg`` with the engine. The run directory gets config.yaml, fingerprint.json, metrics.jsonl,
+    last.pt / best.pt, curves.png and summary.json (with the test fold's results and test_per_label.csv when
+    ``data.fold >= 0``). Bad input is refused before any file is written."""
+    seed_everything(cfg.train.seed)
+    splits = check_register_config(cfg)
+    device = resolve_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed + ctx.rank)
+        train_pairs = open_pairs(cfg, splits["train"])
+        grid = net_shape(fixed_grid(train_pairs), cfg.data.scale)
+        val_pairs = open_pairs(cfg, splits["val"]) if splits["val"] else None
+        if val_pairs is not None and fixed_grid(val_pairs) != fixed_grid(train_pairs):
+            raise LeancnnError("the validation pairs have another fixed shape than the training pairs")
+        ds = RegistrationDataset(train_pairs, "train", seed=cfg.train.seed, augment_scale=cfg.data.augment_scale,
+                                 initial=cfg.data.initial)
+        loader = _train_loader(ds, cfg, ctx)
+        if len(loader) == 0:
+            raise LeancnnError("the training set gives no batch; lower data.batch_size")
+        model = build_model(cfg, grid)
+        optimizer = build_optimizer(model, cfg.optim, affine_lr_scales(model, cfg.optim.affine_lr_scale))
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
+        state = None
+        if resume is not None:
+            state = load_checkpoint(resume, device)
+            source = f"checkpoint '{state['path']}'"
+            check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
+            load_model_state(model, state, source)
+        run_dir = Path(check_path_arg(out, "-o") or default_run_dir(cfg))
+        agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
+        task = RegisterTask(cfg, grid, val_pairs)
+        trainer = Trainer(model, None, optimizer, scheduler, loader, val_pairs, cfg.train.epochs, run_dir, device,
+                          to_dict(cfg), cfg.train.grad_clip, cfg.train.amp, ctx, list(callbacks),
+                          compile=cfg.train.compile, task=task, meta={"grid": list(grid)})
+        if state is not None:
+            restore_trainer(trainer, state)
+        fp = fingerprint(cfg, data_identity(cfg.data.root, [*splits["train"], *splits["val"]])) \
+            if ctx.is_main else None
+        if ctx.is_main:
+            start_run_dir(run_dir, dump_config(cfg), fp, force, state["path"] if state else None,
+                          extending=state is not None and trainer.epoch < cfg.train.epochs)
+            if not quiet:
+                print(f"{cfg.model.kind} network, {count_params(model):,} parameters, grid "
+                      f"{'x'.join(map(str, grid))}; {len(splits['train'])} training / {len(splits['val'])} "
+                      f"validation / {len(splits['test'])} test pairs", flush=True)
+        history = trainer.fit()
+        summary: dict = {}
+        if ctx.is_main:
+            best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")
+            load_model_state(model, load_checkpoint(best, device), str(best))
+            summary = {"run_dir": str(run_dir), "kind": cfg.model.kind, "params": count_params(model),
+                       "grid": list(grid), "epochs": cfg.train.epochs, "best_val_dice": _finite(trainer.best),
+                       "checkpoint": str(best), "splits": splits, "history": history,
+                       "fingerprint": fp["fingerprint"]}
+            if splits["test"]:
+                rows = register_and_score(model, open_pairs(cfg, splits["test"]), cfg.data.scale, device, "test",
+                                          progress_enabled(ctx), cfg.data.initial)
+                write_rows_csv(run_dir / "test_per_label.csv", rows)
+                summary["test"] = summarise_rows(rows)
+            atomic_write_json(run_dir / "summary.json", summary)
+            plot_register_curves(history, run_dir / "curves.png", f"{cfg.name}: {cfg.model.kind}")
+            if not quiet:
+                if "test" in summary:
+                    print(report.format_table(summary_rows(summary["test"]), SUMMARY_HEADERS))
+                print(f"run written to {run_dir}")
+        return summary
+    finally:
+        cleanup_distributed()
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, float) and math.isfinite(x) else None
+
+
+def plot_register_curves(history: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Training loss and its label / regulariser terms; training and validation Dice; validation TRE."""
+    plt = report._pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(epochs, [r["train_loss"] for r in history], label="loss")
+    axes[0].plot(epochs, [r["train_label"] for r in history], label="label term")
+    axes[0].plot(epochs, [r["train_reg"] for r in history], label="regulariser")
+    axes[0].set(xlabel="epoch", title="training loss")
+    axes[1].plot(epochs, [r["train_dice"] for r in history], label="train (sampled label, net grid)")
+    if any(r.get("val_dice") is not None for r in history):
+        axes[1].plot(epochs, [r.get("val_dice") for r in history], "s-", ms=3, label="val gland")
+    axes[1].set(xlabel="epoch", ylabel="binary Dice", title="Dice", ylim=(0, 1))
+    if any(r.get("val_tre") is not None for r in history):
+        axes[2].plot(epochs, [r.get("val_tre") for r in history], "s-", ms=3, color="C3")
+    axes[2].set(xlabel="epoch", ylabel="mm", title="val landmark TRE (median)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return report.save_figure(fig, path)
+
+
+def resolve_register_config(config: str | None, overrides: Sequence[str], resume: str | None,
+                            data: str | None) -> RegisterConfig:
+    overrides = list(overrides) + ([f"data.root={data}"] if data else [])
+    if resume is not None:
+        state = load_checkpoint(check_path_arg(resume, "--resume"))
+        if not config:
+            return from_dict(RegisterConfig, apply_overrides(dict(state.get("config") or {}), overrides))
+    return load_config(config, overrides, cls=RegisterConfig)
+
+
+def train_command(config: str | None, overrides: Sequence[str], data: str | None = None, resume: str | None = None,
+                  out: str | None = None, force: bool = False) -> int:
+    """``leancnn register train``."""
+    cfg = resolve_register_config(config, overrides, resume, data)
+    out_path = check_path_arg(out, "-o")
+    if resume is not None and out_path is None:
+        out_path = Path(load_checkpoint(resume)["path"]).parent
+    train_register(cfg, out=out_path, resume=resume, force=force)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def load_register_model(path: str | Path, device: torch.device) -> tuple[nn.Module, RegisterConfig]:
+    from .video import resolve_checkpoint
+
+    state = load_checkpoint(resolve_checkpoint(path), device)
+    try:
+        cfg = from_dict(RegisterConfig, state.get("config") or {})
+    except LeancnnError as e:
+        raise LeancnnError(f"checkpoint '{state['path']}' is not a registration run ({e})") from None
+    grid = (state.get("meta") or {}).get("grid")
+    if grid is None:
+        raise LeancnnError(f"checkpoint '{state['path']}' does not record its network grid (meta.grid); it was not "
+                           "written by leancnn register train")
+    model = build_model(cfg, grid)
+    load_model_state(model, state, f"checkpoint '{state['path']}'")
+    return model.to(device).eval(), cfg
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str = "", intent: str | None = None):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.ascontiguousarray(data), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    if descrip:
+        img.header["descrip"] = descrip[:79].encode()
+    if intent:
+        img.header.set_intent(intent)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    return img
+
+
+def _fresh_output_dir(out: Path, force: bool) -> Path:
+    """A temporary sibling of ``out`` to write into; renamed to ``out`` only when everything succeeded."""
+    if out.exists() and not out.is_dir():
+        raise LeancnnError(f"-o '{out}' exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LeancnnError(f"-o '{out}' is not empty; choose another folder or add --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _commit_output_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
+                   force: bool = False, progress: bool | None = None) -> list[str]:
+    """``leancnn register predict``: for every pair of ``data`` (images only; labels are warped when the folder
+    has them), write on the fixed grid, with the fixed image's header affine:
+
+    - ``<id>_ddf.nii.gz``: float32 (X, Y, Z, 1, 3), NIfTI vector intent, in fixed-grid voxel units;
+    - ``<id>_warped.nii.gz``: the moving image resampled on the fixed grid (float32, normalised as in training);
+    - ``<id>_warped_labels.nii.gz``: (X, Y, Z, L) float32 in [0, 1], when the folder has labels.
+
+    Nothing is left in ``out`` on failure (written to ``<out>.partial``, renamed at the end)."""
+    dev = resolve_device(device)
+    model, cfg = load_register_model(checkpoint, dev)
+    pairs = open_pairs(cfg, None, labels=None, root=data)
+    out = Path(check_path_arg(out, "-o"))
+    if progress is None:
+        progress = progress_enabled(DistContext())
+    tmp = _fresh_output_dir(out, force)
+    try:
+        for i in tqdm(range(len(pairs)), desc="register", disable=not progress):
+            pair = pairs[i]
+            ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial)
+            matrix = pair_initial_map(pair, cfg.data.initial)
+            aff = pair.fixed_affine
+            field = ddf[0].permute(1, 2, 3, 0).numpy()[:, :, :, None, :].astype(np.float32)
+            _nifti(field, aff, "ddf, fixed voxels: moving index = M (q + d), M in _ddf.json", "vector") \
+                .to_filename(tmp / f"{pair.id}_ddf.nii.gz")
+            atomic_write_json(tmp / f"{pair.id}_ddf.json", {
+                "units": "fixed-grid voxels", "initial": cfg.data.initial,
+                "fixed_to_moving_voxel": matrix.tolist(),
+                "meaning": "fixed voxel q corresponds to moving voxel M @ (q + ddf(q)), M = fixed_to_moving_voxel",
+                "moving_affine": np.asarray(pair.moving_affine).tolist(),
+                "fixed_affine": np.asarray(pair.fixed_affine).tolist()})
+            _nifti(warp_moving(pair.moving_image, ddf, matrix).astype(np.float32), aff, "warped moving image") \
+                .to_filename(tmp / f"{pair.id}_warped.nii.gz")
+            if pair.moving_label is not None:
+                lab = np.moveaxis(warp_moving(pair.moving_label, ddf, matrix), 0, -1).clip(0, 1).astype(np.float32)
+                _nifti(lab, aff, "warped moving labels").to_filename(tmp / f"{pair.id}_warped_labels.nii.gz")
+        _commit_output_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return list(pairs.ids)
+
+
+def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | Path, device: str = "auto",
+                    split: str = "all", pictures: bool = True, force: bool = False,
+                    progress: bool | None = None, quiet: bool = False, initial: str = "centre") -> dict:
+    """``leancnn register evaluate``: register every labelled pair (``checkpoint=None``: no registration) and write
+    ``per_label.csv`` (one row per pair and non-empty label), ``summary.json`` / ``summary.md`` (gland Dice and
+    landmark TRE, medians and quartiles, before and after) and ``pairs/<id>.png`` overlays. ``split``: ``all``
+    pairs of the folder, or the run's ``test`` / ``val`` pairs (by id)."""
+    dev = resolve_device(device)
+    if checkpoint is None:
+        cfg = from_dict(RegisterConfig, {"data": {"initial": initial}})
+        model, method = None, f"identity (no registration; {initial} mapping)"
+        if split != "all":
+            raise LeancnnError("--split test/val needs a checkpoint (the split is the run's)")
+    else:
+        model, cfg = load_register_model(checkpoint, dev)
+        method = f"{cfg.model.kind} network ({count_params(model):,} parameters) from {checkpoint}"
+    if split not in ("all", "test", "val"):
+        raise LeancnnError(f"--split must be all, test or val, got {split!r}")
+    ids = None
+    if split != "all":
+        ids = split_ids(from_dict(RegisterConfig, apply_overrides(to_dict(cfg), [f"data.root={data}"])))[split]
+        if not ids:
+            raise LeancnnError(f"the run has no {split} pairs (data.fold={cfg.data.fold}, "
+                               f"data.val_pairs={cfg.data.val_pairs})")
+    pairs = open_pairs(cfg, ids, labels=True, root=data)
+    out = Path(check_path_arg(out, "-o"))
+    if progress is None:
+        progress = progress_enabled(DistContext())
+    tmp = _fresh_output_dir(out, force)
+    try:
+        rows: list[dict] = []
+        skipped: list[str] = []
+        for i in tqdm(range(len(pairs)), desc="evaluate", disable=not progress):
+            pair = pairs[i]
+            skipped += [f"{pair.id} label {k}" for k in pair.empty]
+            ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial)
+            pair_rows = score_pair(pair, ddf, cfg.data.initial)
+            rows += pair_rows
+            if pictures:
+                overlay_figure(pair, ddf, pair_rows, tmp / "pairs" / f"{pair.id}.png", initial=cfg.data.initial)
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed "
+                          f"label): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
+        summary = {"method": method, "data": str(data), "split": split, "pairs": len(pairs),
+                   "skipped_empty_labels": skipped, **summarise_rows(rows)}
+        write_rows_csv(tmp / "per_label.csv", rows)
+        atomic_write_json(tmp / "summary.json", summary)
+        table = report.format_table(summary_rows(summary), SUMMARY_HEADERS, markdown=True)
+        atomic_write_text(tmp / "summary.md", f"# Registration evaluation\n\n{method}; {len(pairs)} pairs of "
+                                              f"`{data}` ({split}).\n\n{table}\n")
+        _commit_output_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not quiet:
+        print(f"{method}; {len(pairs)} pairs")
+        print(report.format_table(summary_rows(summary), SUMMARY_HEADERS))
+        print(f"written to {out}")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- pictures
+
+
+def overlay_figure(pair: RegistrationPair, ddf: torch.Tensor, rows: Sequence[dict], path: Path,
+                   title: str | None = None, initial: str = "centre") -> Path:
+    """One pair at a glance: an axial and a sagittal slice through the fixed gland's centre. Columns: the fixed
+    image with its gland (green); the moving image before registration (corner-aligned on the fixed grid) with
+    its gland (red) against the fixed one (green); the warped moving image with the warped gland (red) against
+    the fixed one; fixed and warped in a checkerboard. Landmarks: fixed centroids as green crosses, moving /
+    warped ones as red dots."""
+    plt = report._pyplot()
+    m = pair_initial_map(pair, initial)
+    zero = torch.zeros_like(ddf)
+    before_img, after_img = warp_moving(pair.moving_image, zero, m), warp_moving(pair.moving_image, ddf, m)
+    before_lab = warp_moving(pair.moving_label, zero, m) if pair.moving_label is not None else None
+    after_lab = warp_moving(pair.moving_label, ddf, m) if pair.moving_label is not None else None
+    fixed_lab = pair.fixed_label
+    fixed = pair.fixed_image
+    if fixed_lab is not None and GLAND not in pair.empty and (fixed_lab[GLAND] >= 0.5).any():
+        centre = np.argwhere(fixed_lab[GLAND] >= 0.5).mean(0).round().astype(int)
+    else:
+        centre = np.array(fixed.shape) // 2
+    sp = np.asarray(pair.fixed_spacing, dtype=float)
+    views = [("axial", 2), ("sagittal", 0)]
+    fig, axes = plt.subplots(len(views), 4, figsize=(13, 6.2))
+    checker_size = max(4, min(fixed.shape) // 6)
+
+    def cut(vol, axis):
+        s = np.take(vol, centre[axis], axis=axis)
+        return s.T  # rows = the second remaining axis
+
+    def extent(axis):
+        keep = [a for a in range(3) if a != axis]
+        return (0, fixed.shape[keep[0]] * sp[keep[0]], 0, fixed.shape[keep[1]] * sp[keep[1]])
+
+    by_label = {r["label"]: r for r in rows}
+    for row, (vname, axis) in enumerate(views):
+        ext = extent(axis)
+        f2, b2, a2 = cut(fixed, axis), cut(before_img, axis), cut(after_img, axis)
+        yy, xx = np.indices(f2.shape)
+        checker = np.where(((yy // checker_size) + (xx // checker_size)) % 2 == 0, f2, a2)
+        panels = [(f2, "fixed", None), (b2, "moving, before", before_lab), (a2, "moving, registered", after_lab),
+                  (checker, "fixed | registered checkerboard", None)]
+        for col, (img, name, mlab) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", origin="lower", extent=ext, aspect="equal")
+            if fixed_lab is not None and col < 3 and GLAND not in pair.empty:
+                ax.contour(cut(fixed_lab[GLAND], axis) >= 0.5, levels=[0.5], colors="lime", linewidths=1.2,
+                           origin="lower", extent=ext)
+            if mlab is not None and GLAND not in pair.empty:
+                ax.contour(cut(mlab[GLAND], axis) >= 0.5, levels=[0.5], colors="red", linewidths=1.2,
+                           origin="lower", extent=ext)
+            if fixed_lab is not None and col in (1, 2):
+                keep = [a for a in range(3) if a != axis]
+                for k in range(1, pair.num_labels):
+                    if k in pair.empty:
+                        continue
+                    fc = np.argwhere(fixed_lab[k] >= 0.5).mean(0)
+                    ax.plot(fc[keep[0]] * sp[keep[0]], fc[keep[1]] * sp[keep[1]], "+", color="lime", ms=8, mew=1.5)
+                    mk = mlab[k] >= 0.5
+                    if mk.any():
+                        mc = np.argwhere(mk).mean(0)
+                        ax.plot(mc[keep[0]] * sp[keep[0]], mc[keep[1]] * sp[keep[1]], ".", color="red", ms=7)
+            label = name
+            g = by_label.get(GLAND)
+            if g is not None and col in (1, 2):
+                d = g["dice_before"] if col == 1 else g["dice_after"]
+                tres = [r["tre_before_mm" if col == 1 else "tre_after_mm"] for r in rows if r["structure"] == "landmark"]
+                tres = [t for t in tres if t is not None]
+                label += f"\ngland Dice {d:.2f}" if d is not None else ""
+                label += f", landmark TRE {np.median(tres):.1f} mm" if tres else ""
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel(f"{vname}, mm", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(title or f"pair {pair.id}: green = fixed gland and landmarks, red = moving (before / registered)",
+                 fontsize=10)
+    fig.tight_layout()
+    return report.save_figure(fig, path)
+
+
+__all__ = ["RegisterTask", "build_model", "evaluate_folder", "net_shape", "overlay_figure", "predict_ddf",
+           "predict_folder", "register_and_score", "score_pair", "split_ids", "summarise_rows", "train_register"]
