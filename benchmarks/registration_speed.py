@@ -14,15 +14,13 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import ROOT, write_section  # noqa: E402
+from _common import ROOT, median_time, write_section  # noqa: E402
 
 from leancnn.config import RegisterConfig, load_config  # noqa: E402
 from leancnn.data.registration import PairedNifti  # noqa: E402
@@ -42,17 +40,6 @@ NETS = [  # label, overrides, data.scale
     ("local (8-16-32-64), full grid", [], 1.0),
     ("local, label-reg width (32-64-128-256), full grid", ["model.channels=[32,64,128,256]"], 1.0),
 ]
-
-
-def timed(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def sync(device):
@@ -105,8 +92,8 @@ def main() -> None:
                 opt.step()
                 sync(device)
 
-            t_inf = timed(infer, repeats)
-            t_step = timed(step, max(3, repeats // 3))
+            t_inf = median_time(infer, repeats, warmup=2)
+            t_step = median_time(step, max(3, repeats // 3), warmup=2)
             key = f"{dev_name}{threads}"
             if label.endswith("default"):
                 base[key] = (t_inf, t_step)

@@ -24,3 +24,12 @@ def tiny_overrides() -> list[str]:
         "data.batch_size=64",
         "train.epochs=1",
     ]
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """A fresh, empty cache directory as $LEANCNN_CACHE for one test module."""
+    path = tmp_path_factory.mktemp("leancnn-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEANCNN_CACHE", str(path))
+        yield path

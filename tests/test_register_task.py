@@ -31,11 +31,8 @@ TINY = ["data.val_pairs=2", "model.channels=[4,8,16]", "optim.lr=1e-3", "data.au
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("cache")
-        mp.setenv("LEANCNN_CACHE", str(path))
-        yield path
+def cache(fresh_cache):
+    return fresh_cache
 
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,8 @@ MOVING, FIXED = (36, 36, 32), (32, 40, 28)
 
 
 @pytest.fixture(scope="module")
-def phantom_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        cache = tmp_path_factory.mktemp("cache")
-        mp.setenv("LEANCNN_CACHE", str(cache))
-        yield cache
+def phantom_cache(fresh_cache):
+    return fresh_cache
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,9 @@ LARGE = MovingDigitsSpec(frames=8, height=24, width=24, train=3000, val=0, test=
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
+def cache(fresh_cache):
     """A fresh cache directory as $LEANCNN_CACHE for the whole module (the MNIST digits are built there once)."""
-    path = tmp_path_factory.mktemp("leancnn-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LEANCNN_CACHE", str(path))
-        yield path
+    return fresh_cache
 
 
 @pytest.fixture(scope="module")

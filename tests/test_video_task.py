@@ -22,12 +22,8 @@ TINY = ["data.frames=8", "data.height=24", "data.width=24", "data.train=40", "da
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LEANCNN_CACHE", str(path))
-    yield path
-    mp.undo()
+def cache(fresh_cache):
+    return fresh_cache
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ from ..train import (
     build_scheduler,
     cleanup_distributed,
     evaluate,
-    init_distributed,
     load_checkpoint,
     load_model_state,
     seed_everything,
@@ -44,12 +43,13 @@ from ..train.semi import SemiTrainer
 from .runs import (
     agree,
     check_path_arg,
-    check_resume,
     check_run_dir,
     default_run_dir,
     fingerprint,
     resolve_device,
     restore_trainer,
+    resume_state,
+    start_process,
     start_run_dir,
     train_cached_with,
     world_size_from_env,
@@ -339,10 +339,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
     ``force`` replaces a run that ``out`` already holds (see :mod:`leancnn.tasks.runs`)."""
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
     model = check_experiment(cfg, world_size_from_env())  # the model the checks built is the one trained
-    device = resolve_device(cfg.train.device)
-    ctx = init_distributed(device)
-    if ctx.enabled and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
+    device, ctx = start_process(cfg.train.device)
     try:
         configure_torch(cfg, device)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
@@ -362,14 +359,9 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
         steps = len(u_loader) if u_loader is not None else len(loader)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, steps)
         loss = build_loss(cfg.loss)
-        state = None
         if cfg.model.init and resume is None:
             load_init_weights(model, cfg, device)
-        if resume is not None:
-            state = load_checkpoint(resume, device)
-            source = f"checkpoint '{state['path']}'"
-            check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
-            load_model_state(model, state, source)  # the architecture must fit
+        state = resume_state(resume, cfg, model, device)
         run_dir = run_dir_path(cfg, out, ctx)
         agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
         args = (model, loss, optimizer, scheduler, loader,

@@ -23,7 +23,6 @@ leaves no partial output (fine-tuning, a run of its own, comes after).
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,7 +36,7 @@ from .. import report
 from ..config import ExperimentConfig, PruneConfig, apply_overrides, dump_config, from_dict, to_dict
 from ..data.digits import SIZE
 from ..errors import LeancnnError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, staged_dir
 from ..nn.counting import count_macs, count_params
 from ..train import load_checkpoint, load_model_state, save_checkpoint
 from .classify import build_datasets, build_model, config_from_checkpoint, test_model, train
@@ -170,10 +169,7 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
     calib = fixed_batches(train_ds, pcfg.calib_batches * bs, bs, pcfg.seed)
     bn_batches = fixed_batches(train_ds, pcfg.search.bn_batches * bs, bs, pcfg.seed + 1)
     val_batches = fixed_batches(val_ds, pcfg.search.val_images, 256, pcfg.seed + 2)
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with staged_dir(out, force=True) as work:  # refused above unless force; nothing is left on failure
         log(f"scoring {len(pcfg.criteria)} criteria on {cfg.model.name} ({ckpt})")
         with torch.enable_grad():
             table = compute_scores(model, example, pcfg.criteria, calib, max_batches=pcfg.calib_batches,
@@ -245,12 +241,6 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
             "config": to_dict(pcfg), "seconds": time.perf_counter() - t0,
         }
         atomic_write_json(work / "summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     summary["run_dir"] = str(out)
     summary["checkpoint"] = str(out / "pruned.pt")
     log(f"pruned: {summary['criterion']}, MACs {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M "

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,7 +58,7 @@ from ..data.registration import (
     to_fixed_grid,
 )
 from ..errors import LeancnnError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, staged_dir
 from ..losses.registration import (
     bending_energy,
     binary_dice,
@@ -78,7 +77,6 @@ from ..train import (
     build_optimizer,
     build_scheduler,
     cleanup_distributed,
-    init_distributed,
     load_checkpoint,
     load_model_state,
     seed_everything,
@@ -87,12 +85,13 @@ from ..train.engine import progress_enabled
 from .runs import (
     agree,
     check_path_arg,
-    check_resume,
     check_run_dir,
     default_run_dir,
     fingerprint,
     resolve_device,
     restore_trainer,
+    resume_state,
+    start_process,
     start_run_dir,
 )
 
@@ -388,25 +387,14 @@ def _train_loader(ds: RegistrationDataset, cfg: RegisterConfig, ctx: DistContext
                       num_workers=cfg.data.num_workers)
 
 
-def check_register_config(cfg: RegisterConfig) -> dict[str, list[str]]:
-    """Everything that can be refused before a file is written: the data folder, the split, the shapes."""
-    splits = split_ids(cfg)
-    if cfg.loss.regulariser == "bending" and min(net_shape((99, 99, 99), cfg.data.scale)) < 5:
-        raise LeancnnError("the network grid is too small for the bending energy")  # pragma: no cover
-    return splits
-
-
 def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: str | Path | None = None,
                    quiet: bool = False, force: bool = False, callbacks=()) -> dict:
     """Train ``cfg`` with the engine. The run directory gets config.yaml, fingerprint.json, metrics.jsonl,
     last.pt / best.pt, curves.png and summary.json (with the test fold's results and test_per_label.csv when
     ``data.fold >= 0``). Bad input is refused before any file is written."""
     seed_everything(cfg.train.seed)
-    splits = check_register_config(cfg)
-    device = resolve_device(cfg.train.device)
-    ctx = init_distributed(device)
-    if ctx.enabled and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
+    splits = split_ids(cfg)  # the data folder and the split: refused before any file is written
+    device, ctx = start_process(cfg.train.device)
     try:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -424,12 +412,7 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
         model = build_model(cfg, grid)
         optimizer = build_optimizer(model, cfg.optim, affine_lr_scales(model, cfg.optim.affine_lr_scale))
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
-        state = None
-        if resume is not None:
-            state = load_checkpoint(resume, device)
-            source = f"checkpoint '{state['path']}'"
-            check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
-            load_model_state(model, state, source)
+        state = resume_state(resume, cfg, model, device)
         run_dir = Path(check_path_arg(out, "-o") or default_run_dir(cfg))
         agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
         task = RegisterTask(cfg, grid, val_pairs)
@@ -559,26 +542,6 @@ def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str = "", intent: str 
     return img
 
 
-def _fresh_output_dir(out: Path, force: bool) -> Path:
-    """A temporary sibling of ``out`` to write into; renamed to ``out`` only when everything succeeded."""
-    if out.exists() and not out.is_dir():
-        raise LeancnnError(f"-o '{out}' exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise LeancnnError(f"-o '{out}' is not empty; choose another folder or add --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _commit_output_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
                    force: bool = False, progress: bool | None = None) -> list[str]:
     """``leancnn register predict``: for every pair of ``data`` (images only; labels are warped when the folder
@@ -595,8 +558,7 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
     out = Path(check_path_arg(out, "-o"))
     if progress is None:
         progress = progress_enabled(DistContext())
-    tmp = _fresh_output_dir(out, force)
-    try:
+    with staged_dir(out, force) as tmp:
         for i in tqdm(range(len(pairs)), desc="register", disable=not progress):
             pair = pairs[i]
             ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial)
@@ -616,10 +578,6 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
             if pair.moving_label is not None:
                 lab = np.moveaxis(warp_moving(pair.moving_label, ddf, matrix), 0, -1).clip(0, 1).astype(np.float32)
                 _nifti(lab, aff, "warped moving labels").to_filename(tmp / f"{pair.id}_warped_labels.nii.gz")
-        _commit_output_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return list(pairs.ids)
 
 
@@ -651,8 +609,7 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
     out = Path(check_path_arg(out, "-o"))
     if progress is None:
         progress = progress_enabled(DistContext())
-    tmp = _fresh_output_dir(out, force)
-    try:
+    with staged_dir(out, force) as tmp:
         rows: list[dict] = []
         skipped: list[str] = []
         for i in tqdm(range(len(pairs)), desc="evaluate", disable=not progress):
@@ -673,10 +630,6 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
         table = report.format_table(summary_rows(summary), SUMMARY_HEADERS, markdown=True)
         atomic_write_text(tmp / "summary.md", f"# Registration evaluation\n\n{method}; {len(pairs)} pairs of "
                                               f"`{data}` ({split}).\n\n{table}\n")
-        _commit_output_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not quiet:
         print(f"{method}; {len(pairs)} pairs")
         print(report.format_table(summary_rows(summary), SUMMARY_HEADERS))

@@ -47,6 +47,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def start_process(device_name: str) -> tuple[torch.device, "DistContext"]:
+    """The training device and this process's place in the process group (under ``torchrun``: joined, and the
+    rank's own CUDA device)."""
+    from ..train.distributed import init_distributed
+
+    device = resolve_device(device_name)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    return device, ctx
+
+
+def resume_state(resume: str | os.PathLike | None, cfg: Any, model, device: torch.device) -> dict | None:
+    """The checkpoint to resume (None without one), after checking that it may continue ``cfg``
+    (:func:`check_resume`) and loading its weights into ``model`` (the architecture must fit)."""
+    if resume is None:
+        return None
+    from ..train.checkpoint import load_checkpoint, load_model_state
+
+    state = load_checkpoint(resume, device)
+    source = f"checkpoint '{state['path']}'"
+    check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
+    load_model_state(model, state, source)
+    return state
+
+
 def world_size_from_env() -> int:
     """The number of processes ``torchrun`` started (1 without it); readable before the process group exists."""
     try:

@@ -37,7 +37,6 @@ from ..train import (
     build_optimizer,
     build_scheduler,
     cleanup_distributed,
-    init_distributed,
     load_checkpoint,
     load_model_state,
     seed_everything,
@@ -47,10 +46,11 @@ from .classify import check_batch_layout, eval_loader, run_dir_path, train_loade
 from .runs import (
     agree,
     check_path_arg,
-    check_resume,
     check_run_dir,
     resolve_device,
     restore_trainer,
+    resume_state,
+    start_process,
     start_run_dir,
     train_cached_with,
     world_size_from_env,
@@ -265,10 +265,7 @@ def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | P
     the frames' order and reversed. Everything that can fail on bad input is checked before a file is written."""
     seed_everything(cfg.train.seed)
     model = check_video_experiment(cfg, world_size_from_env())
-    device = resolve_device(cfg.train.device)
-    ctx = init_distributed(device)
-    if ctx.enabled and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
+    device, ctx = start_process(cfg.train.device)
     try:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -282,12 +279,7 @@ def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | P
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
         loss = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        state = None
-        if resume is not None:
-            state = load_checkpoint(resume, device)
-            source = f"checkpoint '{state['path']}'"
-            check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
-            load_model_state(model, state, source)
+        state = resume_state(resume, cfg, model, device)
         run_dir = run_dir_path(cfg, out, ctx)
         agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
         trainer = Trainer(model, loss, optimizer, scheduler, loader,
