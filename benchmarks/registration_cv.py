@@ -15,7 +15,7 @@ and quartiles, and the mean ± std over folds of the per-fold medians. Runs are 
 ``$LEANCNN_CACHE/bench/registration_cv`` (an interrupted run resumes); ``--jobs`` trainings run side by side, one
 thread each.
 
-    python benchmarks/registration_cv.py [--epochs 60] [--jobs 2] [--folds 4] [--width-folds 2] [--quick]
+    python benchmarks/registration_cv.py [--epochs 70] [--jobs 2] [--folds 4] [--width-folds 1] [--long-epochs 210] [--quick]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MAIN = {  # name -> overrides
 WIDTHS = {
     "local, ¼ width": ["model.kind=local", "model.channels=[4,8,16,32]"],
     "local, 2× width": ["model.kind=local", "model.channels=[16,32,64,128]"],
-}
+}  # and with --long-epochs N: the local network trained N epochs on --long-folds folds
 
 
 def config(name: str, overrides: list[str], fold: int, args) -> RegisterConfig:
@@ -136,6 +136,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--width-folds", type=int, default=2, help="folds for the width trade-off (0: skip)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--long-epochs", type=int, default=0, help="also train the local network this many epochs on "
+                                                                "--long-folds folds (does training length help?)")
+    ap.add_argument("--long-folds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 width fold: a check that it runs")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
@@ -143,7 +146,11 @@ def main() -> None:
         args.epochs, args.width_folds = 2, 1
     jobs = [(n, o, f, args) for f in range(args.folds) for n, o in MAIN.items()]
     jobs += [(n, o, f, args) for f in range(args.width_folds) for n, o in WIDTHS.items()]
-    jobs.sort(key=lambda j: -{"composite": 3, "local, 2× width": 3, "local": 2}.get(j[0], 1))  # long ones first
+    long_name = f"local, {args.long_epochs} epochs"
+    if args.long_epochs:
+        jobs += [(long_name, ["model.kind=local", f"train.epochs={args.long_epochs}"], f, args)
+                 for f in range(args.long_folds)]
+    jobs.sort(key=lambda j: -{long_name: 4, "composite": 3, "local, 2× width": 3, "local": 2}.get(j[0], 1))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         summaries = list(pool.map(run_one, jobs))
@@ -161,7 +168,7 @@ def main() -> None:
             per_fold.append([{**r, "dice_after": r["dice_before"], "tre_after_mm": r["tre_before_mm"]}
                              for r in ident[init] if r["pair"] in test_ids])
         methods.append((label, per_fold, "—"))
-    for name in [*MAIN, *WIDTHS]:
+    for name in [*MAIN, *WIDTHS, *([long_name] if args.long_epochs else [])]:
         if name not in by:
             continue
         folds = sorted(by[name])
