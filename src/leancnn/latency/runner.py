@@ -181,7 +181,7 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
             raise LeancnnError(f"{where}: {e}") from None
         source, name, default = "registry", m.name, tuple(entry.input_size)
     else:
-        from ..tasks.video import resolve_checkpoint
+        from ..tasks.runs import resolve_checkpoint
 
         try:
             path = resolve_checkpoint(m.checkpoint, f"{where} checkpoint")

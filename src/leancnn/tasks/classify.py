@@ -312,14 +312,14 @@ def data_identity(cfg: ExperimentConfig) -> dict[str, str]:
 def weights_digest(path: str | Path) -> str:
     """Digest of the model weights of a checkpoint (or run directory: best.pt, else last.pt)."""
     from ..train.checkpoint import state_digest
-    from .video import resolve_checkpoint
+    from .runs import resolve_checkpoint
 
     return state_digest(load_checkpoint(resolve_checkpoint(path, "model.init"))["model"])
 
 
 def load_init_weights(model, cfg: ExperimentConfig, device: torch.device) -> None:
     """``model.init``: start from another run's weights (they must fit the architecture, pruned or not)."""
-    from .video import resolve_checkpoint
+    from .runs import resolve_checkpoint
 
     path = resolve_checkpoint(cfg.model.init, "model.init")
     load_model_state(model, load_checkpoint(path, device), f"model.init checkpoint '{path}'")

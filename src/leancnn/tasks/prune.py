@@ -49,7 +49,7 @@ INPUT = (3, SIZE, SIZE)
 
 def load_source(path: str | Path) -> tuple[ExperimentConfig, nn.Module, Path]:
     """The classifier of a run directory or checkpoint, with its config (a video run is refused)."""
-    from .video import resolve_checkpoint
+    from .runs import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path, "source")
     state = load_checkpoint(ckpt)

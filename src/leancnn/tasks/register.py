@@ -88,6 +88,7 @@ from .runs import (
     check_run_dir,
     default_run_dir,
     fingerprint,
+    resolve_checkpoint,
     resolve_device,
     restore_trainer,
     resume_state,
@@ -509,8 +510,6 @@ def train_command(config: str | None, overrides: Sequence[str], data: str | None
 
 
 def load_register_model(path: str | Path, device: torch.device) -> tuple[nn.Module, RegisterConfig]:
-    from .video import resolve_checkpoint
-
     state = load_checkpoint(resolve_checkpoint(path), device)
     try:
         cfg = from_dict(RegisterConfig, state.get("config") or {})

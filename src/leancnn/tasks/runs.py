@@ -93,6 +93,19 @@ def check_path_arg(path: str | os.PathLike | None, what: str) -> Path | None:
     return Path(path)
 
 
+def resolve_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
+    p = check_path_arg(path, what)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise LeancnnError(f"{what} '{p}' holds no best.pt or last.pt")
+    if not p.is_file():
+        raise LeancnnError(f"{what} '{p}' does not exist")
+    return p
+
+
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (``name`` is a plain name: no '/' and no leading '.')."""
     return Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

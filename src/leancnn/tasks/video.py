@@ -47,6 +47,7 @@ from .runs import (
     agree,
     check_path_arg,
     check_run_dir,
+    resolve_checkpoint,
     resolve_device,
     restore_trainer,
     resume_state,
@@ -227,19 +228,6 @@ def load_video_model(path: str | Path, device: torch.device) -> tuple[nn.Module,
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
     load_model_state(model, state, f"checkpoint '{state['path']}'")
     return model.to(device).eval(), cfg, state
-
-
-def resolve_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
-    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
-    p = check_path_arg(path, what)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise LeancnnError(f"{what} '{p}' holds no best.pt or last.pt")
-    if not p.is_file():
-        raise LeancnnError(f"{what} '{p}' does not exist")
-    return p
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", device: str = "auto",
