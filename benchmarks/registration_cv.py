@@ -36,6 +36,7 @@ from _common import ROOT, bench_dir, write_section  # noqa: E402
 
 from leancnn.config import RegisterConfig, load_config  # noqa: E402
 from leancnn.report import _pyplot, format_table, save_figure  # noqa: E402
+from leancnn.tasks.register import quartiles  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mrus"
 MAIN = {  # name -> overrides
@@ -98,19 +99,13 @@ def identity_rows(args, initial: str) -> list[dict]:
     return register_and_score(None, pairs, 1.0, torch.device("cpu"), initial=initial)
 
 
-def stats(values) -> dict:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"median": med, "q1": q1, "q3": q3, "n": v.size, "missing": len(values) - v.size}
-
-
 def cell(s: dict, digits: int) -> str:
     miss = f" ({s['missing']} missing)" if s["missing"] else ""
     return f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}, {s['q3']:.{digits}f}]{miss}"
 
 
 def fold_spread(rows_by_fold: list[list[dict]], key: str, structure: str) -> str:
-    meds = [stats([r[key] for r in rows if r["structure"] == structure])["median"] for rows in rows_by_fold]
+    meds = [quartiles([r[key] for r in rows if r["structure"] == structure])["median"] for rows in rows_by_fold]
     return f"{np.mean(meds):.{3 if 'dice' in key else 2}f} ± {np.std(meds, ddof=1) if len(meds) > 1 else 0:.{3 if 'dice' in key else 2}f}"
 
 
@@ -179,8 +174,8 @@ def main() -> None:
     table = []
     for label, per_fold, params in methods:
         rows = [r for fold in per_fold for r in fold]
-        g = stats([r["dice_after"] for r in rows if r["structure"] == "gland"])
-        t = stats([r["tre_after_mm"] for r in rows if r["structure"] == "landmark"])
+        g = quartiles([r["dice_after"] for r in rows if r["structure"] == "gland"])
+        t = quartiles([r["tre_after_mm"] for r in rows if r["structure"] == "landmark"])
         table.append([label, params, str(g["n"]), cell(g, 3), fold_spread(per_fold, "dice_after", "gland"),
                       paired(rows, "gland", "dice_before", "dice_after", +1),
                       cell(t, 2), fold_spread(per_fold, "tre_after_mm", "landmark"),

@@ -16,12 +16,12 @@ from leancnn.models.regnet import (
     GlobalNet,
     LocalNet,
     UpBlock,
-    _affine_ddf,
-    _warp,
     build_regnet,
     count_params,
     param_breakdown,
 )
+from leancnn.nn.warp import affine_to_ddf as _affine_ddf  # the networks use these
+from leancnn.nn.warp import warp as _warp
 
 TINY = (2, 4, 4, 8)  # 4 levels, bottom 8: up blocks 8->8, 8->4, 4->4, 4->2 (channel groups 1 or 2)
 

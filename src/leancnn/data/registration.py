@@ -533,10 +533,9 @@ def augment_pair(moving_image: torch.Tensor, fixed_image: torch.Tensor, moving_l
 # ------------------------------------------------------------------------------------------------ torch dataset
 def resize_to_grid(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Trilinear resize of ``(C, X, Y, Z)`` to ``shape`` with ``align_corners=True`` (corner voxels aligned)."""
-    shape = tuple(int(s) for s in shape)
-    if tuple(x.shape[1:]) == shape:
-        return x
-    return F.interpolate(x[None], size=shape, mode="trilinear", align_corners=True)[0]
+    from ..nn.warp import resize_volume
+
+    return resize_volume(x[None], shape)[0]
 
 
 INITIAL_MAPPINGS = ("corners", "centre")

@@ -72,6 +72,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LeancnnError
+from ..nn.warp import affine_to_ddf, warp
 
 __all__ = ["LocalNet", "GlobalNet", "CompositeNet", "build_regnet", "count_params", "param_breakdown",
            "BN_MODES", "IDENTITY_THETA"]
@@ -265,30 +266,6 @@ def _pair(name: str, in_channels: int, moving: torch.Tensor, fixed: torch.Tensor
     return torch.cat([moving, fixed], dim=1)
 
 
-# ----------------------------------------------------------------------------------------- affine and warp
-def _reference_grid(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """Voxel indices ``(3, X, Y, Z)``, component i along axis i."""
-    axes = [torch.arange(n, device=like.device, dtype=like.dtype) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
-
-
-def _affine_ddf(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``theta @ [p; 1] - p`` on the voxel-index grid of ``shape``: ``(B, 3, 4) -> (B, 3, X, Y, Z)``."""
-    ref = _reference_grid(shape, theta).reshape(3, -1)
-    warped = theta[:, :, :3] @ ref + theta[:, :, 3:]
-    return (warped - ref).reshape(theta.shape[0], 3, *shape)
-
-
-def _warp(image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
-    """Trilinear ``image(p + ddf(p))`` in voxel units (``grid_sample``, align_corners=True, zeros outside)."""
-    shape = image.shape[2:]
-    coords = _reference_grid(shape, ddf).unsqueeze(0) + ddf
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=ddf.device, dtype=ddf.dtype)
-    norm = coords * scale.view(1, 3, 1, 1, 1) - 1.0
-    grid = norm.flip(1).permute(0, 2, 3, 4, 1)  # grid_sample wants (x, y, z) = (last dim, ..., first dim)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
 # ---------------------------------------------------------------------------------------------- networks
 class LocalNet(nn.Module):
     """label-reg LocalNet: encoder, bottom conv block, decoder, DDF = sum of zero-initialised summands.
@@ -387,7 +364,7 @@ class GlobalNet(nn.Module):
         h, _ = self.encoder(x)
         feats = h.flatten(1) if self.head_kind == "flatten" else h.mean(dim=(2, 3, 4))
         theta = self.head(feats).view(-1, 3, 4)
-        return {"ddf": _affine_ddf(theta, x.shape[2:]), "theta": theta}
+        return {"ddf": affine_to_ddf(theta, x.shape[2:]), "theta": theta}
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_input(_pair("GlobalNet", self.in_channels, moving, fixed))
@@ -409,7 +386,7 @@ class CompositeNet(nn.Module):
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
         x = _pair("CompositeNet", self.in_channels, moving, fixed)
         out = self.global_net.forward_input(x)
-        warped = _warp(moving, out["ddf"])
+        warped = warp(moving, out["ddf"])
         ddf_local = self.local_net.forward_input(torch.cat([warped, fixed], dim=1))
         return {"ddf": out["ddf"] + ddf_local, "theta": out["theta"], "ddf_affine": out["ddf"],
                 "ddf_local": ddf_local}

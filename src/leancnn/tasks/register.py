@@ -197,11 +197,6 @@ def affine_lr_scales(model: nn.Module, scale: float) -> dict[str, float]:
         if scale != 1.0 else {}
 
 
-def _forward(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = model(moving, fixed)
-    return out if isinstance(out, dict) else {"ddf": out}
-
-
 @torch.no_grad()
 def predict_ddf(model: nn.Module | None, pair: RegistrationPair, scale: float, device: torch.device,
                 initial: str = "centre") -> torch.Tensor:
@@ -216,7 +211,7 @@ def predict_ddf(model: nn.Module | None, pair: RegistrationPair, scale: float, d
     moving = resize_volume(moving[None].to(device), grid)
     fixed = resize_volume(torch.from_numpy(pair.fixed_image)[None, None].to(device), grid)
     model.eval()
-    ddf = _forward(model, moving, fixed)["ddf"].float()
+    ddf = model(moving, fixed)["ddf"].float()
     return resize_ddf(ddf, fixed_shape).cpu()
 
 
@@ -312,16 +307,22 @@ def write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 def register_and_score(model: nn.Module | None, pairs: PairedNifti, scale: float, device: torch.device,
-                       desc: str = "register", progress: bool = False, initial: str = "centre") -> list[dict]:
-    """Register every pair and score every (non-empty) label; empty labels are skipped with one warning."""
+                       desc: str = "register", progress: bool = False, initial: str = "centre",
+                       on_pair=None) -> list[dict]:
+    """Register every pair and score every non-empty label; empty labels are left out with one warning (they are
+    ``pairs.empty_labels()``). ``on_pair(pair, ddf, rows)`` is called after each pair."""
     rows: list[dict] = []
-    skipped = []
+    skipped: list[str] = []
     for i in tqdm(range(len(pairs)), desc=desc, leave=False, disable=not progress):
         pair = pairs[i]
         skipped += [f"{pair.id} label {k}" for k in pair.empty]
-        rows += score_pair(pair, predict_ddf(model, pair, scale, device, initial), initial)
+        ddf = predict_ddf(model, pair, scale, device, initial)
+        pair_rows = score_pair(pair, ddf, initial)
+        rows += pair_rows
+        if on_pair is not None:
+            on_pair(pair, ddf, pair_rows)
     if skipped:
-        warnings.warn(f"skipping {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed label): "
+        warnings.warn(f"skipped {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed label): "
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
     return rows
 
@@ -352,7 +353,7 @@ class RegisterTask(Task):
     def train_step(self, trainer, batch):
         dev = trainer.device
         mov, fix, mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch)
-        out = _forward(trainer.net, mov, fix)
+        out = trainer.net(mov, fix)
         ddf = out["ddf"]
         warped = warp(mlab, ddf)
         label = self.label_loss(warped, flab)
@@ -609,19 +610,12 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
     if progress is None:
         progress = progress_enabled(DistContext())
     with staged_dir(out, force) as tmp:
-        rows: list[dict] = []
-        skipped: list[str] = []
-        for i in tqdm(range(len(pairs)), desc="evaluate", disable=not progress):
-            pair = pairs[i]
-            skipped += [f"{pair.id} label {k}" for k in pair.empty]
-            ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial)
-            pair_rows = score_pair(pair, ddf, cfg.data.initial)
-            rows += pair_rows
-            if pictures:
-                overlay_figure(pair, ddf, pair_rows, tmp / "pairs" / f"{pair.id}.png", initial=cfg.data.initial)
-        if skipped:
-            warnings.warn(f"skipped {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed "
-                          f"label): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
+        def picture(pair, ddf, pair_rows):
+            overlay_figure(pair, ddf, pair_rows, tmp / "pairs" / f"{pair.id}.png", initial=cfg.data.initial)
+
+        rows = register_and_score(model, pairs, cfg.data.scale, dev, "evaluate", progress, cfg.data.initial,
+                                  picture if pictures else None)
+        skipped = [f"{pid} label {k}" for pid, ks in pairs.empty_labels().items() for k in ks]
         summary = {"method": method, "data": str(data), "split": split, "pairs": len(pairs),
                    "skipped_empty_labels": skipped, **summarise_rows(rows)}
         write_rows_csv(tmp / "per_label.csv", rows)
