@@ -169,7 +169,7 @@ def main() -> None:
             f"report (CDFs, every CI, τ heatmap, tests.csv): `{out}/report.md` after running the command.")
     if args.compare:
         cmp_out = out.parent / "latency-compare"
-        print(f"cross-device report written to {lreport.compare([out, args.compare], cmp_out, **kw)}")
+        print(f"cross-device report written to {lreport.compare([out, args.compare], cmp_out, force=True, **kw)}")
     print(body)
     if not args.no_docs:
         img = DOCS / "img"

@@ -108,29 +108,8 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
     return path
 
 
-@contextlib.contextmanager
-def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Write a folder's files into a temporary sibling (``<out>.partial``) and rename it to ``out`` only when the
-    block succeeds: on any failure or interrupt nothing is left. A non-empty ``out`` is refused unless ``force``
-    (then it is replaced)."""
-    import shutil
+def staged_dir(out: str | os.PathLike, force: bool = False, known=()):
+    """:func:`leancnn.outputs.staged_dir` (the output rules live there); kept here for existing imports."""
+    from .outputs import staged_dir as staged
 
-    from .errors import LeancnnError
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LeancnnError(f"-o '{out}' exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise LeancnnError(f"-o '{out}' is not empty; choose another folder or add --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return staged(out, force, known)

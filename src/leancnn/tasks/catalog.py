@@ -66,15 +66,20 @@ def dataset_rows(names: list[str] | None = None, progress: bool | None = None) -
     return rows
 
 
-def write_sample_grid(names: list[str] | None, out, per_domain: int = 10, seed: int = 0) -> Path:
-    """``leancnn data grid``: every argument checked (naming its option) before any domain is loaded."""
+def write_sample_grid(names: list[str] | None, out, per_domain: int = 10, seed: int = 0, force: bool = False) -> Path:
+    """``leancnn data grid``: every argument checked (naming its option) before any domain is loaded; an existing
+    ``out`` is replaced only with ``force``."""
     from ..data.digits import check_domain_names, check_grid_per_domain, sample_grid
+    from ..outputs import check_output, check_output_file
     from ..report import figure_format
+    from .runs import data_inputs
 
     names = list(names or DOMAINS)
     check_domain_names(names)
     check_grid_per_domain(per_domain, "--per-domain")
     figure_format(out, "-o/--out")
+    check_output(out, data_inputs("digits"), "-o/--out")
+    check_output_file(out, force, "-o/--out")
     return sample_grid(names, out, per_domain=per_domain, seed=seed)
 
 

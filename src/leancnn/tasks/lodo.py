@@ -25,8 +25,9 @@ from ..config import SEED_MAX, ExperimentConfig, apply_overrides, from_dict
 from ..data import DOMAINS
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text
+from ..outputs import check_output, check_output_dir
 from .classify import check_experiment, run_fingerprint, train
-from .runs import RunState, cached_run_state, check_path_arg
+from .runs import RunState, cached_run_state, check_path_arg, checkpoint_inputs, data_inputs
 
 
 @dataclass
@@ -210,9 +211,14 @@ def plot(results: dict, targets: Sequence[str], seeds: Sequence[int], path: Path
 
 def run_lodo(base: dict, variants: dict[str, list[str]], out: str | Path, targets: Sequence[str] | None = None,
              seeds: Sequence[int] = (0, 1, 2), shard: tuple[int, int] = (0, 1), domains: Sequence[str] = DOMAINS,
-             quiet: bool = True) -> dict:
-    """Plan, train (this shard's missing runs), collect; write ``lodo.json``, ``lodo.md`` and ``lodo.png``."""
+             quiet: bool = True, config_file: str | Path | None = None) -> dict:
+    """Plan, train (this shard's missing runs), collect; write ``lodo.json``, ``lodo.md`` and ``lodo.png``.
+    ``out`` is lodo's own folder: its runs are reused or replaced by fingerprint, its tables rewritten; it may not
+    be, lie inside or hold the config file (``config_file``), the ``model.init`` weights or the digit data."""
     out = check_path_arg(out, "-o")
+    init = (base.get("model") or {}).get("init") if isinstance(base.get("model"), dict) else None
+    check_output_dir(check_output(out, [("config file", config_file), *checkpoint_inputs(init, "model.init"),
+                                        *data_inputs("digits")], "-o"))
     targets = list(domains) if targets is None else list(targets)
     pairs = list(variants.items()) if isinstance(variants, dict) else list(variants)
     runs = plan(base, pairs, targets, seeds, out, domains)
