@@ -844,6 +844,13 @@ class CpuQuota:
     def __init__(self, cpus: float, *, pid: int | None = None, period_us: int = 100_000):
         if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
             raise ConfigError(f"quota 'cpus' must be a number > 0 (cores; 0.5 = half of one core), got {cpus!r}")
+        try:
+            cores = len(os.sched_getaffinity(0 if pid is None else int(pid)))
+        except (OSError, ValueError):
+            cores = None  # the process is gone (or not ours): start() reports it
+        if cores is not None and cpus > cores:
+            raise ConfigError(f"quota 'cpus' = {cpus:g} is above the {cores} CPU(s) the process may run on "
+                              f"(os.sched_getaffinity); allowed: (0, {cores}] cores")
         if isinstance(period_us, bool) or not isinstance(period_us, int) or not 1000 <= period_us <= 1_000_000:
             raise ConfigError(f"quota 'period_us' must be an integer in [1000, 1000000], got {period_us!r}")
         self.cpus = float(cpus)

@@ -66,6 +66,7 @@ import functools
 import itertools
 import math
 import multiprocessing
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -521,6 +522,24 @@ def _call_registered(token: int, genome: np.ndarray) -> float:
     return _to_float(_FITNESS[token](genome))
 
 
+def _worker_init(parent: int) -> None:
+    """Pool workers leave interrupts to the parent: SIGINT (Ctrl-C reaches the whole process group) is ignored,
+    SIGTERM kills them (the parent's handler, inherited by fork, would raise inside them), and they die with the
+    parent (PR_SET_PDEATHSIG, Linux) if it is killed outright. The parent terminates the pool on any error."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the death signal was set
+        os._exit(1)
+
+
 def _to_float(value) -> float:
     try:
         f = float(value)
@@ -617,7 +636,8 @@ def evolve(fitness: Callable[[np.ndarray], float], n_params: int, population: in
     if workers > 1:
         if "fork" in multiprocessing.get_all_start_methods():
             _FITNESS[token] = fitness
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init,
+                                                            initargs=(os.getpid(),))
         else:
             warnings.warn("evolve: the 'fork' start method is not available here; evaluating sequentially",
                           RuntimeWarning, stacklevel=2)
@@ -671,6 +691,7 @@ def evolve(fitness: Callable[[np.ndarray], float], n_params: int, population: in
 
     bar = None
     start = time.perf_counter()
+    finished = False
     try:
         fit = evaluate(pop)
         pop, fit = sort(pop, fit)
@@ -711,11 +732,15 @@ def evolve(fitness: Callable[[np.ndarray], float], n_params: int, population: in
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{history[-1]['best']:.4g}", evals=len(evaluated))
+        finished = True
     finally:
         if bar is not None:
             bar.close()
         if pool is not None:
-            pool.close()
+            if finished:
+                pool.close()
+            else:  # an error or an interrupt: the workers' unfinished evaluations are dropped, not waited for
+                pool.terminate()
             pool.join()
         _FITNESS.pop(token, None)
     wall = time.perf_counter() - start

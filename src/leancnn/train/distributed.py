@@ -80,17 +80,42 @@ def launch(nproc: int, argv: list[str]) -> int:
     log lines of its own."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    for name in ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "leancnn", *argv])
+    from ..interrupts import LAUNCHED_ENV, Terminated
+
+    prefixes = ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")
+    for name in [*prefixes, *logging.root.manager.loggerDict]:  # torch sets each module's logger's own level
+        if name.startswith(prefixes):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    parser = get_args_parser()
+    # Interrupts: the workers run in sessions of their own, so Ctrl-C reaches this process only. The agent stops
+    # them with SIGTERM (which they handle like Ctrl-C once running, and die of quietly while still importing)
+    # and kills those left after the timeout. Ctrl-C stays a KeyboardInterrupt here: were SIGINT the agent's, it
+    # would pass SIGINT itself on to the workers, whose imports print tracebacks.
+    handled = "SIGTERM,SIGHUP,SIGQUIT"
+    options = {o for a in parser._actions for o in a.option_strings}  # noqa: SLF001
+    signals = [f"--signals-to-handle={handled}"] if "--signals-to-handle" in options else []
+    args = parser.parse_args(["--standalone", f"--nproc-per-node={nproc}", *signals, "--module", "leancnn", *argv])
     # torchrun sets OMP_NUM_THREADS=1 (with a warning) when unset; keep that choice explicit and quiet
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    saved = {k: os.environ.get(k) for k in ("TORCHELASTIC_SIGNALS_TO_HANDLE", LAUNCHED_ENV)}
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = handled  # what torch versions without the option read
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "2")
+    os.environ[LAUNCHED_ENV] = str(os.getpid())  # the launcher, not rank 0, prints the one "interrupted" line
     try:
         run(args)
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException:  # the agent's own handler (SIGTERM, ...): the workers are already stopped
+        raise Terminated() from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return 0
