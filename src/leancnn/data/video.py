@@ -116,6 +116,7 @@ _REVERSED_MEMBERS = (0, 2, 5, 7)  # classes rendered as their partner's path pla
 _BRIGHTNESS = (0.6, 1.0)
 _NOISE_SIGMA = (2.0, 6.0)  # grey levels
 _MAX_FRAMES, _MIN_FRAMES, _MIN_SIDE, _MAX_SIDE, _MAX_COUNT = 512, 4, 16, 512, 1_000_000
+SIDE_RANGE = (_MIN_SIDE, _MAX_SIDE)  # pixels a side of a moving-digits frame (config: data.height / data.width)
 
 
 # --------------------------------------------------------------------------------------------------------------

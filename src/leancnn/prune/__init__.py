@@ -20,6 +20,7 @@ from .structural import (
     GroupInfo,
     _input_size,
     apply_plan,
+    check_round_to,
     global_plan,
     n_keep,
     prunable_groups,
@@ -28,7 +29,7 @@ from .structural import (
 )
 
 __all__ = ["CRITERIA", "ChannelMapShortcut", "Criterion", "DataCriterion", "GroupInfo", "ScoreTable", "apply_plan",
-           "compute_scores", "get_criterion", "global_plan", "n_keep", "prunable_groups", "prune_model",
+           "check_round_to", "compute_scores", "get_criterion", "global_plan", "n_keep", "prunable_groups", "prune_model",
            "prune_with_scores", "ratio_for_target"]
 
 

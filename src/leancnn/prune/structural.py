@@ -598,6 +598,21 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Mapping[str, Sequenc
     return _graph(model, example_inputs, ignored_layers, include_linear).apply(plan)
 
 
+def check_round_to(groups: Sequence[GroupInfo], round_to: int | None) -> None:
+    """Refuse a ``round_to`` that leaves no group prunable: a group of ``n <= round_to`` channels is kept whole
+    (:func:`n_keep`), so the range of reachable MAC fractions would be empty. The error names round_to, the
+    channel counts of the smallest and the largest layer, and the values that work."""
+    if not round_to or not groups:
+        return
+    sizes = sorted(g.n_channels for g in groups)
+    if round_to >= sizes[-1]:
+        have = (f"{sizes[0]} channels each" if sizes[0] == sizes[-1] else
+                f"{sizes[0]} (the smallest) to {sizes[-1]} channels")
+        raise LeancnnError(f"round_to={round_to} leaves no layer to prune: a layer of at most round_to channels is "
+                           f"kept whole, and the prunable layers have {have}; use round_to in [1, {sizes[-1] - 1}], "
+                           "or 0 for no rounding")
+
+
 def _target_error(target: float, lo: float) -> LeancnnError:
     return LeancnnError(f"target_macs={target:g} cannot be reached: the fraction of MACs kept can be brought to "
                         f"[{lo:.4f}, 1) with these settings (min_channels / max ratio / round_to)")
@@ -636,6 +651,7 @@ def ratio_for_target(model: nn.Module, example_inputs: Any, target_macs: float,
     target = float(target_macs)
     size = _input_size(example_inputs, input_size)
     graph = _probe(model, example_inputs, ignored_layers, include_linear)
+    check_round_to(graph.groups, round_to)
     macs = _MacsModel(graph, size)
 
     def frac(r: float) -> float:
@@ -691,6 +707,7 @@ def global_plan(model: nn.Module, example_inputs: Any, scores: Mapping[str, Any]
     if not 0.0 <= max_ratio < 1.0:
         raise LeancnnError(f"max_ratio must be in [0, 1), got {max_ratio}")
     graph = _probe(model, example_inputs, ignored_layers, include_linear)
+    check_round_to(graph.groups, round_to)
     _check_scores(graph.groups, scores, [g.name for g in graph.groups])
     macs = _MacsModel(graph, _input_size(example_inputs, input_size))
     norm = {g.name: _normalise(scores[g.name], normalizer) for g in graph.groups}

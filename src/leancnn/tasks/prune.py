@@ -16,8 +16,10 @@ The pipeline (docs/pruning.md), on a training run or checkpoint of the digit cla
    accuracy before / after, MACs, parameters, and optionally fine-tuned with the one training engine
    (``finetune/``, a normal run: ``--resume`` works).
 
-Everything is written into ``<out>.partial`` and renamed to ``out`` at the end: a failed or interrupted prune
-leaves no partial output (fine-tuning, a run of its own, comes after).
+Everything is written into a temporary sibling of ``out`` (``.<out>.<random>.partial``) and moved into ``out`` at
+the end: a failed or interrupted prune leaves no partial output (fine-tuning, a run of its own, comes after).
+``out`` may not be, lie inside or hold the source run, its checkpoint or the config (``leancnn.outputs``); with
+``force`` only the files a prune wrote there (:data:`PRUNE_FILES`, the manifest) are replaced, other files stay.
 """
 
 from __future__ import annotations
@@ -36,27 +38,28 @@ from .. import report
 from ..config import ExperimentConfig, PruneConfig, apply_overrides, dump_config, from_dict, to_dict
 from ..data.digits import SIZE
 from ..errors import LeancnnError
-from ..io import atomic_write_json, staged_dir
+from ..io import atomic_write_json
 from ..nn.counting import count_macs, count_params
+from ..outputs import check_output, check_output_dir, record_outputs, staged_dir
 from ..train import load_checkpoint, load_model_state, save_checkpoint
 from .classify import build_datasets, build_model, config_from_checkpoint, test_model, train
 
 INPUT = (3, SIZE, SIZE)
+PRUNE_FILES = ("scores.npz", "criteria_correlation.png", "pruned.pt", "config.yaml", "summary.json")
+ANALYSE_FILES = ("criteria_correlation.png", "clustering.json")
 
 
 # ------------------------------------------------------------------------------------------------ pieces
 
 
 def load_source(path: str | Path) -> tuple[ExperimentConfig, nn.Module, Path]:
-    """The classifier of a run directory or checkpoint, with its config (a video run is refused)."""
-    from .runs import resolve_checkpoint
+    """The classifier of a run directory or checkpoint, with its config (a video or registration run is
+    refused: the Python API ``leancnn.prune.prune_model`` prunes any other model)."""
+    from .runs import CLASSIFIER_KINDS, expect_kind, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path, "source")
     state = load_checkpoint(ckpt)
-    raw = state.get("config") or {}
-    if "frames" in (raw.get("data") or {}):
-        raise LeancnnError(f"'{ckpt}' is a video run; `leancnn prune` prunes the digit classifiers (use the Python "
-                           "API leancnn.prune.prune_model for any other model)")
+    expect_kind(state, CLASSIFIER_KINDS, "leancnn prune", "a digit classifier run")
     cfg = config_from_checkpoint(state)
     model = build_model(cfg)
     load_model_state(model, state, f"checkpoint '{ckpt}'")
@@ -147,29 +150,44 @@ def _criterion_name(weights: dict[str, float]) -> str:
     return "blend(" + ", ".join(f"{k} {v:.2f}" for k, v in active.items()) + ")"
 
 
+def check_prune_output(out: str | Path, source: str | Path, config_file: str | Path | None = None) -> Path:
+    """``-o`` of ``prune`` / ``prune analyse``: not the source (run directory or checkpoint), its config file or
+    the digit data, nor inside or holding one; not an existing file."""
+    from .runs import checkpoint_inputs, data_inputs
+
+    inputs = [*checkpoint_inputs(source, "source"), *data_inputs("digits")]
+    if config_file:
+        inputs.append(("config file", Path(config_file)))
+    return check_output_dir(check_output(out, inputs, "-o"))
+
+
 def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: bool = False,
-              progress: bool = False, log: Callable[[str], None] = print) -> dict:
+              progress: bool = False, log: Callable[[str], None] = print,
+              config_file: str | Path | None = None) -> dict:
     """Prune the classifier of ``source`` as ``pcfg`` says into run directory ``out`` (see module docstring);
-    returns the summary (also ``out/summary.json``)."""
-    from ..prune import compute_scores, get_criterion, ratio_for_target
+    returns the summary (also ``out/summary.json``). ``config_file``: the prune config's file, an input too."""
+    from ..prune import check_round_to, compute_scores, get_criterion, prunable_groups, ratio_for_target
     from ..prune.blend import BlendSpace, evolve
     from ..prune.cluster import cluster_criteria, plot_correlations
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = check_prune_output(out, source, config_file)
     for c in pcfg.criteria:
         get_criterion(c)  # an unknown name fails now, listing the known ones
     if out.exists() and any(out.iterdir()) and not force:
-        raise LeancnnError(f"'{out}' already holds files; add --force to replace them, or choose another -o")
+        raise LeancnnError(f"'{out}' already holds files; add --force to replace the files leancnn wrote there "
+                           "(other files are kept), or choose another -o")
     cfg, model, ckpt = load_source(source)
+    example = torch.zeros(1, *INPUT)
+    with torch.enable_grad():  # a round_to that leaves nothing to prune fails now, before any scoring
+        check_round_to(prunable_groups(model, example), pcfg.round_to or None)
     torch.manual_seed(pcfg.seed)
     train_ds, val_ds, tests = build_datasets(cfg.data, label_seed=cfg.train.seed)
-    example = torch.zeros(1, *INPUT)
     bs = cfg.data.batch_size
     calib = fixed_batches(train_ds, pcfg.calib_batches * bs, bs, pcfg.seed)
     bn_batches = fixed_batches(train_ds, pcfg.search.bn_batches * bs, bs, pcfg.seed + 1)
     val_batches = fixed_batches(val_ds, pcfg.search.val_images, 256, pcfg.seed + 2)
-    with staged_dir(out, force=True) as work:  # refused above unless force; nothing is left on failure
+    with staged_dir(out, force=True, known=PRUNE_FILES) as work:  # refused above unless force; none left on failure
         log(f"scoring {len(pcfg.criteria)} criteria on {cfg.model.name} ({ckpt})")
         with torch.enable_grad():
             table = compute_scores(model, example, pcfg.criteria, calib, max_batches=pcfg.calib_batches,
@@ -248,6 +266,9 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
         f"validation accuracy after BN recalibration {100 * val_acc:.2f}%")
     if pcfg.finetune_epochs > 0:
         ft = finetune(out / "pruned.pt", cfg, pcfg, out / "finetune")
+        from .runs import RUN_FILES
+
+        record_outputs(out, [f"finetune/{n}" for n in RUN_FILES if (out / "finetune" / n).exists()])
         summary["finetune"] = {"run_dir": ft["run_dir"], "epochs": pcfg.finetune_epochs, "test": ft["test"],
                                "best_val_acc": ft["best_val_acc"], "checkpoint": ft["checkpoint"]}
         atomic_write_json(out / "summary.json", summary)
@@ -274,11 +295,17 @@ def finetune(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig, 
 
 
 def analyse(source: str | Path, criteria: list[str], out: str | Path, pcfg: PruneConfig,
-            log: Callable[[str], None] = print) -> dict:
-    """``leancnn prune analyse``: the criteria's scores, correlations and clusters alone (no pruning)."""
+            log: Callable[[str], None] = print, force: bool = False, config_file: str | Path | None = None) -> dict:
+    """``leancnn prune analyse``: the criteria's scores, correlations and clusters alone (no pruning), written to
+    ``out`` (:data:`ANALYSE_FILES`; earlier ones are replaced only with ``force``)."""
     from ..prune import compute_scores, get_criterion
     from ..prune.cluster import cluster_criteria, plot_correlations
 
+    out = check_prune_output(out, source, config_file)
+    held = [f for f in ANALYSE_FILES if (out / f).exists()]
+    if held and not force:
+        raise LeancnnError(f"'{out}' already holds an analysis ({', '.join(held)}); add --force to replace it, or "
+                           "choose another -o")
     for c in criteria:
         get_criterion(c)
     if len(criteria) < 2:
@@ -288,7 +315,6 @@ def analyse(source: str | Path, criteria: list[str], out: str | Path, pcfg: Prun
     calib = fixed_batches(train_ds, pcfg.calib_batches * cfg.data.batch_size, cfg.data.batch_size, pcfg.seed)
     with torch.enable_grad():
         table = compute_scores(model, torch.zeros(1, *INPUT), criteria, calib, max_batches=pcfg.calib_batches)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = cluster_criteria(dict(table), threshold=pcfg.cluster_threshold, linkage=pcfg.linkage,
                               method=pcfg.correlation)
@@ -328,7 +354,8 @@ def prune_command(source: str, config: str | None, overrides: list[str], out: st
         extra.append(f"finetune_epochs={finetune_epochs}")
     pcfg = load_config(config, [*overrides, *extra], cls=PruneConfig)
     out_dir = Path(out) if out else Path("runs") / f"{pcfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = prune_run(source, pcfg, out_dir, force=force, progress=progress_enabled(DistContext()))
+    summary = prune_run(source, pcfg, out_dir, force=force, progress=progress_enabled(DistContext()),
+                        config_file=config)
     heads = ["test set", "before", "pruned (BN recalibrated)"] + (["fine-tuned"] if summary.get("finetune") else [])
     print(report.format_table(summary_rows(summary), heads))
     print(f"pruned checkpoint: {summary['checkpoint']}" + (f"; fine-tuned run: {summary['finetune']['run_dir']}"
@@ -336,5 +363,6 @@ def prune_command(source: str, config: str | None, overrides: list[str], out: st
     return 0
 
 
-__all__ = ["PruneFitness", "accuracy", "analyse", "finetune", "finetune_config", "fixed_batches", "load_source",
-           "prune_command", "prune_run", "recalibrate_bn", "summary_rows"]
+__all__ = ["ANALYSE_FILES", "PRUNE_FILES", "PruneFitness", "accuracy", "analyse", "check_prune_output", "finetune",
+           "finetune_config", "fixed_batches", "load_source", "prune_command", "prune_run", "recalibrate_bn",
+           "summary_rows"]

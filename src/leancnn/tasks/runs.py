@@ -35,8 +35,9 @@ from ..io import atomic_write_json
 from ..train.distributed import DistContext, all_gather_objects
 
 RUN_FILES = ("config.yaml", "fingerprint.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json",
-             "curves.png")
+             "curves.png", "test_per_label.csv")
 _RUN_MARKERS = ("last.pt", "best.pt", "summary.json")  # a directory with any of these holds a run
+CHECKPOINT_NAMES = ("best.pt", "last.pt", "pruned.pt")  # a run directory's checkpoint, in this order (prune: pruned.pt)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,16 +95,94 @@ def check_path_arg(path: str | os.PathLike | None, what: str) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
-    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
+    """A checkpoint file, or a run directory (its best.pt, else last.pt; a prune run's pruned.pt)."""
     p = check_path_arg(path, what)
     if p.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in CHECKPOINT_NAMES:
             if (p / name).is_file():
                 return p / name
-        raise LeancnnError(f"{what} '{p}' holds no best.pt or last.pt")
+        raise LeancnnError(f"{what} '{p}' holds no {', '.join(CHECKPOINT_NAMES[:-1])} or {CHECKPOINT_NAMES[-1]}")
     if not p.is_file():
         raise LeancnnError(f"{what} '{p}' does not exist")
     return p
+
+
+# ----------------------------------------------------------------------------------------- run kinds
+
+
+CLASSIFIER_KINDS = ("classifier", "pruned classifier")
+KIND_COMMANDS = {  # where a run of each kind goes (the hint of :func:`expect_kind`)
+    "classifier": "leancnn evaluate | prune | latency run",
+    "pruned classifier": "leancnn evaluate | prune | latency run",
+    "video": "leancnn video evaluate | ensemble | stream | export, latency run",
+    "registration": "leancnn register predict | evaluate",
+}
+
+
+def run_kind(config: dict | None) -> str:
+    """The kind of run a checkpoint's config comes from, by its shape: ``"registration"`` (``model.kind``,
+    ``data.root``), ``"video"`` (``data.frames``), ``"pruned classifier"`` (a digit classifier with
+    ``model.pruned``), ``"classifier"`` (``data.domains``, ``model.mixstyle``); ``"unknown"`` otherwise."""
+    if not isinstance(config, dict) or not config:
+        return "unknown"
+    model, data = config.get("model"), config.get("data")
+    model, data = model if isinstance(model, dict) else {}, data if isinstance(data, dict) else {}
+    if "kind" in model or "root" in data:
+        return "registration"
+    if "frames" in data or data.get("name") == "moving_digits":
+        return "video"
+    if "domains" in data or "mixstyle" in model or data.get("name") == "digits":
+        return "pruned classifier" if model.get("pruned") else "classifier"
+    return "unknown"
+
+
+def expect_kind(state: dict, wanted: tuple[str, ...], command: str, need: str) -> str:
+    """Refuse a checkpoint of another kind of run than ``command`` takes (``wanted``, described as ``need``,
+    e.g. "a classifier run"), in one line naming both kinds and where the given run goes. A run of unknown
+    kind passes (its config is checked by the caller). Returns the kind."""
+    kind = run_kind(state.get("config"))
+    if kind == "unknown" or kind in wanted:
+        return kind
+    raise LeancnnError(f"'{state.get('path', 'the checkpoint')}' is a {kind} run, but `{command}` needs {need}; "
+                       f"a {kind} run is for {KIND_COMMANDS[kind]}")
+
+
+def checkpoint_inputs(path: str | os.PathLike | None, what: str) -> list[tuple[str, Path]]:
+    """A checkpoint argument (a file, or a run directory) as inputs for :func:`leancnn.outputs.check_output`:
+    a run directory; or the file and, when the folder holding it is a run (it has run files), that folder."""
+    if path is None or not str(path).strip():
+        return []
+    p = Path(path)
+    if p.is_dir():
+        return [(f"{what} run directory", p)]
+    items = [(f"{what} checkpoint", p)]
+    if held_run_files(p.parent) or (p.parent / "config.yaml").is_file():
+        items.insert(0, (f"run directory of the {what} checkpoint", p.parent))
+    return items
+
+
+def check_run_output(out: str | os.PathLike, config: str | os.PathLike | None = None,
+                     resume: str | os.PathLike | None = None, init: str | os.PathLike | None = None,
+                     data: list[tuple[str, Path]] = ()) -> Path:
+    """``-o`` of a training command against what it reads (:func:`leancnn.outputs.check_output`): the config
+    file, the checkpoint it resumes, the ``model.init`` weights (not read on a resume) and the data folders. A
+    resumed run may continue in its own directory (``-o`` the checkpoint's run directory)."""
+    from ..outputs import check_output
+
+    inputs = [("config file", Path(config))] if config else []
+    inputs += checkpoint_inputs(resume, "--resume")
+    inputs += [] if resume else checkpoint_inputs(init, "model.init")
+    own = None
+    if resume is not None and str(resume).strip():
+        own = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    return check_output(out, [*inputs, *data], "-o", own=own)
+
+
+def data_inputs(*folders: str) -> list[tuple[str, Path]]:
+    """The cached data folders a task reads (``$LEANCNN_CACHE/<folder>``), as inputs for ``check_output``."""
+    from ..io import cache_dir
+
+    return [(f"data folder ({name} cache)", cache_dir() / name) for name in folders]
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
