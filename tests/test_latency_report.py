@@ -136,7 +136,8 @@ def test_compare_finds_cross_device_reversal(tmp_path):
     assert "| device " in report.read_text()
     with pytest.raises(LeancnnError, match="at least 2"):
         compare([cpu], tmp_path / "x")
-    other = make_run(tmp_path / "other", [condition("c01")], {"c01": {"C": 0.01, "D": 0.02}})
+    other = make_run(tmp_path / "other", [condition("c01", samples_per_model={"C": N, "D": N})],
+                     {"c01": {"C": 0.01, "D": 0.02}})
     with pytest.raises(LeancnnError, match="no model label"):
         compare([cpu, other], tmp_path / "x")
 

@@ -302,7 +302,9 @@ def test_real_signal_midrun_leaves_no_load_process(tmp_path, kind, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == (130 if sig == signal.SIGINT else -signal.SIGTERM), (rc, proc.stderr.read())
+    err = proc.stderr.read()
+    assert rc == (130 if sig == signal.SIGINT else 143), (rc, err)  # SIGTERM ends a command as Ctrl-C does
+    assert err == "interrupted\n", err
     deadline = time.monotonic() + 3
     while _alive_in(sessions) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -321,3 +323,95 @@ def test_cli_report_and_compare(tmp_path, capsys):
     assert (tmp_path / "c" / "report.md").is_file() and "report written to" in capsys.readouterr().out
     assert main(["latency", "compare", str(tmp_path / "a"), "-o", str(tmp_path / "d")]) == 2
     assert main(["latency", "run", "--resume"]) == 2  # --resume needs --out
+
+
+# ------------------------------------------------------------------------------------------------ samples vs records
+
+
+def _rewrite_samples(run_dir: Path, keep) -> None:
+    lines = (run_dir / "samples.csv").read_text().splitlines(keepends=True)
+    (run_dir / "samples.csv").write_text(lines[0] + "".join(ln for ln in lines[1:] if keep(ln.split(","))))
+
+
+def test_report_refuses_missing_samples_and_resume_measures_exactly_those(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = cfg_of(grid={"loads": [{"workers": 0}, {"workers": 1, "kind": "python"}, {"workers": 0, "percent": 50}]})
+    runner.run(cfg, out, log=lambda s: None, report=False)
+    full = read_samples(out)
+    # one model's rows of c02 lost: the report refuses, naming that cell only, and says how to fix it
+    _rewrite_samples(out, lambda row: not (row[0] == "c02" and row[1] == "resnet20"))
+    capsys.readouterr()
+    assert main(["latency", "report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "for 1 (condition, model) cell(s) (c02 resnet20: 0 of 10)" in err
+    assert f"leancnn latency run --resume -o {out}" in err
+    lines = []
+    summary = runner.run(runner.resume_config(out), out, resume=True, log=lines.append, report=False)
+    assert summary["measured"] == 1 and "measuring again c02, whose samples.csv rows were short" in lines[0]
+    rows = read_samples(out)
+    assert [r for r in rows if r["condition"] != "c02"] == [r for r in full if r["condition"] != "c02"]
+    assert {(m, sum(r["model"] == m for r in rows if r["condition"] == "c02")) for m in ("digits_cnn", "resnet20")} \
+        == {("digits_cnn", 10), ("resnet20", 10)}
+    assert sorted(c["id"] for c in read_conditions(out)) == ["c01", "c02", "c03"]  # each once: no stale record
+    assert main(["latency", "report", str(out)]) == 0
+    assert [c["id"] for c in json.loads((out / "analysis.json").read_text())["conditions"]] == ["c01", "c02", "c03"]
+    # samples.csv cut in the middle of a row (as `head -c` does) of the condition it holds last (c02, measured
+    # again above): only that one is short, and only that one is measured again, through the CLI
+    kept = read_samples(out)
+    last = kept[-1]["condition"]
+    text = (out / "samples.csv").read_text()
+    (out / "samples.csv").write_text(text[:text.index(f"\n{last},") + 150])
+    capsys.readouterr()
+    assert main(["latency", "report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert [c for c in ("c01", "c02", "c03") if f"{c} " in err] == [last]
+    assert main(["latency", "run", "--resume", "-o", str(out), "--no-report"]) == 0
+    assert "1 condition(s) measured" in capsys.readouterr().out
+    rows = read_samples(out)
+    assert [r for r in rows if r["condition"] != last] == [r for r in kept if r["condition"] != last]
+    assert sum(r["condition"] == last for r in rows) == 20 and main(["latency", "report", str(out)]) == 0
+
+
+def test_the_printed_resume_hint_resumes(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    cfg = tmp_path / "lat.yaml"  # a config file plus an override: the hint must not need either
+    cfg.write_text("models: [{name: digits_cnn}, {name: resnet20, input: [3, 16, 16]}]\n"
+                   "grid: {loads: [{workers: 0}, {workers: 0, percent: 50}]}\n"
+                   "protocol: {samples: 10, block: 5, warmup: 1, settle_seconds: 0.0}\n")
+    out = tmp_path / "my run"
+    real = runner.run_condition
+
+    def interrupt_c02(cond, *a, **k):
+        if cond.id == "c02":
+            raise KeyboardInterrupt
+        return real(cond, *a, **k)
+
+    monkeypatch.setattr(runner, "run_condition", interrupt_c02)
+    assert main(["latency", "run", "-c", str(cfg), "protocol.samples=12", "-o", str(out)]) == 130
+    hint = capsys.readouterr().out.split("finish with: ")[1].strip()
+    assert hint == f"leancnn latency run --resume -o '{out}'"
+    monkeypatch.setattr(runner, "run_condition", real)
+    argv = shlex.split(hint)
+    assert argv[0] == "leancnn" and main(argv[1:]) == 0
+    assert "resuming" in capsys.readouterr().out
+    rows = read_samples(out)
+    assert [c["id"] for c in read_conditions(out)] == ["c01", "c02"] and len(rows) == 2 * 2 * 12
+    assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--alpha", "0"], r"--alpha \(analysis.alpha, the family-wise error rate\) must be in \(0, 1\), got 0.0"),
+    (["--alpha", "1.5"], r"--alpha .* must be in \(0, 1\)"),
+    (["--margin", "-0.1"], r"--margin .* must be in \[0, 1\), got -0.1"),
+    (["--quantiles", "0.5", "1"], r"--quantiles .* must be in \(0, 1\), got 1.0"),
+])
+def test_report_settings_out_of_range_name_the_flag(tmp_path, capsys, args, match):
+    import re
+
+    out = tmp_path / "run"
+    runner.run(cfg_of(grid={"loads": [{"workers": 0}]}), out, log=lambda s: None, report=False)
+    assert main(["latency", "report", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err) and "confidence" not in err, err
+    assert not (out / "report.md").exists()

@@ -22,6 +22,7 @@ from leancnn.data.registration import (  # noqa: E402
     write_phantoms,
 )
 from leancnn.errors import LeancnnError  # noqa: E402
+from leancnn.outputs import MANIFEST, read_manifest  # noqa: E402
 from leancnn.nn.warp import affine_to_ddf, resize_ddf, warp  # noqa: E402
 from leancnn.tasks import register as R  # noqa: E402
 
@@ -95,8 +96,9 @@ def test_predict_writes_nifti_on_the_fixed_grid_from_images_only(trained, phanto
     for sub in ("moving_images", "fixed_images"):
         shutil.copytree(phantoms / sub, images / sub)
     assert main(["register", "predict", str(out), "--data", str(images), "-o", str(tmp_path / "pred")]) == 0
-    files = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    files = sorted(p.name for p in (tmp_path / "pred").iterdir() if p.name != MANIFEST)
     assert len(files) == 8 * 3 and not any("labels" in f for f in files)  # images only: no labels written
+    assert sorted(read_manifest(tmp_path / "pred")) == files  # what --force may replace later
     fixed = nib.load(phantoms / "fixed_images" / "case000.nii.gz")
     ddf = nib.load(tmp_path / "pred" / "case000_ddf.nii.gz")
     warped = nib.load(tmp_path / "pred" / "case000_warped.nii.gz")
@@ -134,7 +136,7 @@ def test_predict_refuses_and_leaves_nothing(trained, phantoms, tmp_path, capsys)
     assert main(["register", "predict", str(out), "--data", str(broken), "-o", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "case005" in err and err.count("\n") == 1
-    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no staging folder left
 
 
 def test_a_failure_midway_removes_the_partial_folder(trained, phantoms, tmp_path, monkeypatch):
@@ -151,7 +153,7 @@ def test_a_failure_midway_removes_the_partial_folder(trained, phantoms, tmp_path
     monkeypatch.setattr(R, "predict_ddf", failing)
     with pytest.raises(LeancnnError, match="simulated"):
         R.predict_folder(out, phantoms, tmp_path / "p", progress=False)
-    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no staging folder left
 
 
 def test_evaluate_writes_rows_summary_and_pictures(trained, phantoms, tmp_path):
@@ -269,3 +271,119 @@ def test_affine_head_gets_its_own_learning_rate():
         assert group["lr"] == pytest.approx(expected)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     warnings.simplefilter("ignore")
+
+
+# ------------------------------------------------------------------------------------------------ recorded splits
+
+
+def _subset(src, dst, ids):
+    for sub in ("moving_images", "fixed_images", "moving_labels", "fixed_labels"):
+        (dst / sub).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(src / sub / f"{i}.nii.gz", dst / sub / f"{i}.nii.gz")
+    return dst
+
+
+def _set_labels(path, fill):
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(fill(data), img.affine, img.header), path)
+
+
+def test_evaluate_split_scores_the_recorded_pairs_on_a_subset_folder(trained, phantoms, tmp_path, capsys):
+    out, _, summary = trained
+    val, train = summary["splits"]["val"], summary["splits"]["train"]
+    assert torch.load(out / "best.pt", weights_only=False)["meta"]["splits"] == summary["splits"]
+    # a subset folder: the run's 2 validation pairs and 2 of its training pairs. Recomputing the split on it (the
+    # old behaviour) scored training pairs as validation pairs
+    sub = _subset(phantoms, tmp_path / "sub", sorted([*val, *train[:2]]))
+    assert main(["register", "evaluate", str(out), "--data", str(phantoms), "--split", "val", "--no-png",
+                 "-o", str(tmp_path / "full")]) == 0
+    assert main(["register", "evaluate", str(out), "--data", str(sub), "--split", "val", "--no-png",
+                 "-o", str(tmp_path / "part")]) == 0
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "part"))
+    assert a["split_ids"] == b["split_ids"] == val and a["split_source"] == "recorded by the run"
+    assert a["gland_dice_after"] == b["gland_dice_after"] and a["landmark_tre_after_mm"] == b["landmark_tre_after_mm"]
+    assert {r["pair"] for r in csv.DictReader(open(tmp_path / "part" / "per_label.csv"))} == set(val)
+    # a folder without one of the validation pairs is refused, naming it, and nothing is written
+    lacking = _subset(phantoms, tmp_path / "lacking", sorted([val[0], *train]))
+    capsys.readouterr()
+    assert main(["register", "evaluate", str(out), "--data", str(lacking), "--split", "val",
+                 "-o", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"lacks 1 of the run's 2 val pairs: {val[1]};" in err
+    assert "data.val_pairs" not in err and not (tmp_path / "e").exists()
+    # the run has no test fold
+    assert main(["register", "evaluate", str(out), "--data", str(phantoms), "--split", "test",
+                 "-o", str(tmp_path / "e")]) == 2
+    assert "the run has no test pairs (data.fold=-1" in capsys.readouterr().err
+
+
+def test_evaluate_split_refuses_other_files_under_the_run_ids(trained, phantoms, tmp_path, capsys):
+    out, _, summary = trained
+    other = tmp_path / "other"
+    shutil.copytree(phantoms, other)
+    val = summary["splits"]["val"]
+    _set_labels(other / "fixed_labels" / f"{val[1]}.nii.gz", lambda d: np.roll(d, 3, axis=0))
+    assert main(["register", "evaluate", str(out), "--data", str(other), "--split", "val",
+                 "-o", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ from those it was trained with" in err and "--split all" in err
+    assert not (tmp_path / "e").exists()
+    # the same folder, every pair scored, is fine
+    assert main(["register", "evaluate", str(out), "--data", str(other), "--no-png", "-o", str(tmp_path / "e")]) == 0
+
+
+def test_a_checkpoint_without_recorded_splits_recomputes_only_on_its_own_folder(trained, phantoms, tmp_path,
+                                                                                 capsys):
+    out, cfg, summary = trained
+    state = torch.load(out / "best.pt", weights_only=False)
+    del state["meta"]["splits"], state["meta"]["split_digests"]  # as written before splits were recorded
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    s = R.evaluate_folder(old, phantoms, tmp_path / "e1", split="val", pictures=False, quiet=True, progress=False)
+    assert s["split_ids"] == summary["splits"]["val"] and s["split_source"].startswith("recomputed on the run's")
+    sub = _subset(phantoms, tmp_path / "sub", summary["splits"]["val"])
+    assert main(["register", "evaluate", str(old), "--data", str(sub), "--split", "val", "-o",
+                 str(tmp_path / "e2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no pair split" in err and f"data.root='{cfg.data.root}'" in err
+    assert not (tmp_path / "e2").exists()
+
+
+@pytest.mark.parametrize("which, expect", [
+    ("all", "all 6 training pairs have only empty labels"),
+    ("case004", "1 of the 6 training pairs have only empty labels (every structure lacks a voxel >= 0.5 in its "
+                "moving or its fixed label), so training can neither learn from nor score them: case004 "
+                "(moving_labels/case004.nii.gz, fixed_labels/case004.nii.gz);"),
+    ("val", "1 of the 2 validation pairs have only empty labels"),
+])
+def test_training_refuses_pairs_whose_labels_are_all_empty(phantoms, tmp_path, capsys, which, expect):
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+    cfg = load_config(None, [f"data.root={data}", "data.val_pairs=2"], cls=RegisterConfig)
+    ids = {"all": [f"case{i:03d}" for i in range(8)], "case004": ["case004"], "val": R.split_ids(cfg)["val"][:1]}
+    for i in ids[which]:  # the gland and every landmark: empty in the fixed label (case004: in both)
+        _set_labels(data / "fixed_labels" / f"{i}.nii.gz", np.zeros_like)
+        if which == "case004":
+            _set_labels(data / "moving_labels" / f"{i}.nii.gz", np.zeros_like)
+    run = tmp_path / "run"
+    assert main(["register", "train", "--data", str(data), "data.val_pairs=2", "train.epochs=1", "-o", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err and "fix these label files or remove the pairs" in err
+    assert not run.exists()  # refused before anything is written
+
+
+def test_training_takes_a_pair_with_some_empty_labels(phantoms, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+
+    def drop_landmark(d):
+        d[..., 1] = 0
+        return d
+
+    _set_labels(data / "fixed_labels" / "case002.nii.gz", drop_landmark)
+    cfg = load_config(None, [f"data.root={data}", "data.val_pairs=2", "model.channels=[4,8]", "train.epochs=1"],
+                      cls=RegisterConfig)
+    summary = R.train_register(cfg, out=tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "best.pt").is_file() and len(summary["history"]) == 1

@@ -455,6 +455,18 @@ class PairedNifti:
         """``{pair id: empty label indices}`` for the pairs that have any (reads every pair)."""
         return {self.ids[i]: list(self._raw(i)[-1]) for i in range(len(self)) if self._raw(i)[-1]}
 
+    def unlabelled(self) -> list[str]:
+        """The ids of the pairs whose every label is empty (no label has a voxel >= 0.5 in both the moving and the
+        fixed file; reads every pair, so an unreadable or non-finite file is refused here too). ``[]`` without
+        label folders."""
+        if not self.has_labels:
+            return []
+        return [self.ids[i] for i in range(len(self)) if len(self._raw(i)[-1]) == self.num_labels(i)]
+
+    def files(self, key: int | str) -> dict[str, Path]:
+        """``{folder: file}`` of one pair (``moving_images``, ``fixed_images`` and, with labels, the label files)."""
+        return {f: vol.path for f, vol in self._headers[self.index_of(key)].items()}
+
     def label_pairs(self, skip_empty: bool = True) -> list[tuple[int, int]]:
         """Every ``(pair index, label index)``, for evaluation over all labels. Empty labels are left out with
         one warning naming them (``skip_empty=False`` keeps them). Reads every pair."""

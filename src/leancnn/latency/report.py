@@ -3,7 +3,9 @@
 A run directory holds ``run.json`` (config, machine, versions, device, planned conditions), ``models.json``,
 ``conditions.jsonl`` (one line per completed condition, with its confounders) and ``samples.csv``
 (``condition,model,block,seq,latency_s,t_s``). :func:`load_run` reads it (samples of conditions missing from
-``conditions.jsonl``, i.e. interrupted ones, are ignored), :func:`analyse` runs :mod:`leancnn.latency.stats` on it
+``conditions.jsonl``, i.e. interrupted ones, are ignored; a samples.csv that holds fewer, or more, rows of a completed
+condition and model than conditions.jsonl records is refused, naming them: ``latency run --resume`` re-measures
+them), :func:`analyse` runs :mod:`leancnn.latency.stats` on it
 (summaries, block-paired pairwise tests with Holm, rank reversals and the axes that differ between their two
 conditions, Kendall τ, a recommendation), :func:`write_report` writes ``report.md``, CSVs and PNGs, and
 :func:`compare` does the same for several runs (e.g. a CPU and a GPU machine) merged, each condition label
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from io import StringIO
@@ -28,12 +31,14 @@ from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..report import _pyplot, format_table, save_figure, write_markdown
 from .stats import kendall_tau, pairwise, quantile_label, rank_reversals, rankings, recommend, summarize_table
 
-__all__ = ["RunData", "load_run", "analyse", "write_report", "compare", "AXES", "FIGURES"]
+__all__ = ["RunData", "load_run", "analyse", "write_report", "compare", "sample_shortfalls", "check_analysis_args",
+           "check_report_out", "AXES", "FIGURES", "REPORT_FILES"]
 
 AXES = ("load", "quota", "threads", "backend", "batch", "device")
 SAMPLE_COLUMNS = ("condition", "model", "block", "seq", "latency_s", "t_s")
 FIGURES = {"cdf": "latency_cdf.png", "boxes": "latency_boxes.png", "tau": "kendall_tau.png",
            "trend": "latency_vs_load.png"}
+REPORT_FILES = ("report.md", "summary.csv", "tests.csv", "reversals.csv", "analysis.json", *FIGURES.values())
 SUMMARY_BOOT = 1000
 
 
@@ -67,7 +72,54 @@ def _read_json(path: Path) -> Any:
         raise LeancnnError(f"cannot read {path}: {e}") from None
 
 
-def _read_samples(path: Path, keep: set[str], notes: list[str]) -> dict[str, np.ndarray]:
+def sample_shortfalls(conditions: Sequence[dict], counts: Any) -> list[tuple[str, str, int, int]]:
+    """``(condition id, model, rows in samples.csv, rows recorded)`` for every model of every *done* condition
+    whose ``samples_per_model`` (conditions.jsonl) differs from what samples.csv holds (``counts``: a mapping
+    ``(condition id, model) -> rows``): a samples.csv cut short, or edited, after the condition finished."""
+    out = []
+    for c in conditions:
+        if c.get("status") != "done" or not isinstance(c.get("samples_per_model"), dict):
+            continue
+        for model, want in c["samples_per_model"].items():
+            have = int(counts.get((c.get("id"), model), 0))
+            if have != int(want):
+                out.append((str(c.get("id")), str(model), have, int(want)))
+    return out
+
+
+def describe_shortfalls(short: Sequence[tuple[str, str, int, int]], n: int = 4) -> str:
+    """``c02 resnet20: 4 of 10, c02 digits_cnn: 0 of 10 (and 3 more)``."""
+    text = ", ".join(f"{cid} {model}: {have} of {want}" for cid, model, have, want in short[:n])
+    return text + (f" (and {len(short) - n} more)" if len(short) > n else "")
+
+
+def check_analysis_args(quantiles: Sequence[float] | None = None, alpha: float | None = None,
+                        margin: float | None = None, recommend_quantile: float | None = None) -> None:
+    """One line naming the flag (and config key) and its range for a bad analysis setting, before any file is
+    read or written."""
+    def unit(v, what, lo_open=True):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+            (0 < v < 1 if lo_open else 0 <= v < 1)
+        if not ok:
+            raise LeancnnError(f"{what} must be in {'(0, 1)' if lo_open else '[0, 1)'}, got {v!r}")
+
+    if alpha is not None:
+        unit(alpha, "--alpha (analysis.alpha, the family-wise error rate)")
+    if margin is not None:
+        unit(margin, "--margin (analysis.margin, the relative tie band)", lo_open=False)
+    if quantiles is not None:
+        if not len(quantiles):
+            raise LeancnnError("--quantiles (analysis.quantiles) needs at least one quantile in (0, 1)")
+        for q in quantiles:
+            unit(q, "every --quantiles value (analysis.quantiles)")
+        if len(set(quantiles)) != len(quantiles):
+            raise LeancnnError(f"--quantiles (analysis.quantiles) repeats a quantile: {list(quantiles)}")
+    if recommend_quantile is not None:
+        unit(recommend_quantile, "analysis.recommend_quantile")
+
+
+def _read_samples(path: Path, keep: set[str], notes: list[str], counts: Counter | None = None
+                  ) -> dict[str, np.ndarray]:
     cols: dict[str, list] = {k: [] for k in SAMPLE_COLUMNS}
     ignored = broken = 0
     try:
@@ -85,6 +137,8 @@ def _read_samples(path: Path, keep: set[str], notes: list[str]) -> dict[str, np.
                 else:
                     for k in SAMPLE_COLUMNS:
                         cols[k].append(row[k])
+                    if counts is not None:
+                        counts[row["condition"], row["model"]] += 1
         out = {"condition": np.array(cols["condition"], dtype=str), "model": np.array(cols["model"], dtype=str),
                "block": np.array(cols["block"], dtype=np.int64), "seq": np.array(cols["seq"], dtype=np.int64),
                "latency_s": np.array(cols["latency_s"], dtype=np.float64),
@@ -104,9 +158,11 @@ def _read_samples(path: Path, keep: set[str], notes: list[str]) -> dict[str, np.
     return out
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(run_dir: str | Path, check_samples: bool = True) -> RunData:
     """Read a run directory; :class:`LeancnnError` naming the file when run.json is missing or unreadable, or no
-    condition completed."""
+    condition completed, and (``check_samples``) naming the (condition, model) cells whose rows in samples.csv
+    differ from the count conditions.jsonl records (a samples.csv cut short: ``leancnn latency run --resume``
+    re-measures those conditions). Conditions come in the run's planned order."""
     path = Path(run_dir)
     run = _read_json(path / "run.json")
     if not isinstance(run, dict):
@@ -134,7 +190,16 @@ def load_run(run_dir: str | Path) -> RunData:
     planned = [c.get("id") for c in run.get("conditions") or [] if c.get("id") not in listed]
     if planned:
         notes.append(f"planned but not completed (run interrupted?): {', '.join(map(str, planned))}")
-    samples = _read_samples(path / "samples.csv", done_ids, notes)
+    counts: Counter = Counter()
+    samples = _read_samples(path / "samples.csv", done_ids, notes, counts)
+    short = sample_shortfalls(conditions, counts) if check_samples else []
+    if short:
+        raise LeancnnError(f"{path / 'samples.csv'} does not hold the samples that conditions.jsonl records for "
+                           f"{len(short)} (condition, model) cell(s) ({describe_shortfalls(short)}): it was cut short "
+                           f"or edited; re-measure those conditions with: leancnn latency run --resume -o "
+                           f"{shlex.quote(str(path))}")
+    planned_order = {c.get("id"): i for i, c in enumerate(run.get("conditions") or [])}
+    conditions.sort(key=lambda c: planned_order.get(c.get("id"), len(planned_order)))  # a resume appends out of order
     source = {"name": path.name, **{k: run.get(k) for k in ("machine", "device", "versions", "created", "command")}}
     return RunData(path, run, models, conditions, samples, notes, [source])
 
@@ -614,10 +679,28 @@ def _write(data: RunData, out: Path, title: str, **analysis_kw) -> Path:
     return write_markdown(out / "report.md", title, sections)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, **analysis_kw) -> Path:
+def check_report_out(out: str | Path, run_dirs: Sequence[str | Path], force: bool = False,
+                     own: str | Path | None = None) -> Path:
+    """A report's folder (``leancnn.outputs``): not one of ``run_dirs`` (but the run's ``own`` folder), nor
+    inside or holding one; the :data:`REPORT_FILES` it already holds are replaced only with ``force`` (a run's
+    own report is rewritten without)."""
+    from ..outputs import check_output, check_output_dir, relation
+
+    out = check_output_dir(check_output(out, [("latency run directory", d) for d in run_dirs], "-o", own=own))
+    held = [f for f in REPORT_FILES if (out / f).exists()]
+    if held and not force and not (own is not None and relation(out, own) == "is"):
+        raise LeancnnError(f"-o '{out}' already holds a latency report ({', '.join(held[:3])}"
+                           f"{', ...' if len(held) > 3 else ''}); add --force to replace it, or choose another -o")
+    return out
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, force: bool = False, **analysis_kw) -> Path:
     """Write ``report.md``, ``summary.csv``, ``tests.csv``, ``reversals.csv``, ``analysis.json`` and the PNGs of
-    :data:`FIGURES` into ``out`` (default ``run_dir``); ``analysis_kw`` go to :func:`analyse`. Returns the
-    report's path."""
+    :data:`FIGURES` into ``out`` (default ``run_dir``; another folder's earlier report only with ``force``);
+    ``analysis_kw`` go to :func:`analyse`. Returns the report's path."""
+    check_analysis_args(*(analysis_kw.get(k) for k in ("quantiles", "alpha", "margin", "recommend_quantile")))
+    if out is not None:
+        check_report_out(out, [run_dir], force, own=run_dir)
     data = load_run(run_dir)
     return _write(data, Path(run_dir if out is None else out),
                   f"Latency under CPU contention: {data.path.resolve().name}", **analysis_kw)
@@ -646,13 +729,16 @@ def _merge(runs: list[RunData], out: Path) -> RunData:
     return RunData(out, run, models, conditions, samples, notes, sources)
 
 
-def compare(run_dirs: Sequence[str | Path], out: str | Path, **analysis_kw) -> Path:
+def compare(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False, **analysis_kw) -> Path:
     """One report over several runs (e.g. a CPU and a GPU machine): every condition label is prefixed by its
     run's device (plus the run directory's name when two runs share a device), ids become ``<run #>.<id>``.
-    :class:`LeancnnError` for fewer than 2 runs or runs with no model label in common."""
+    :class:`LeancnnError` for fewer than 2 runs or runs with no model label in common. ``out`` is none of the
+    runs; an earlier report there is replaced only with ``force``."""
+    check_analysis_args(*(analysis_kw.get(k) for k in ("quantiles", "alpha", "margin", "recommend_quantile")))
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise LeancnnError(f"compare needs at least 2 run directories, got {len(dirs)}")
+    check_report_out(out, dirs, force)
     runs = [load_run(d) for d in dirs]
     labels = [set(r.samples["model"].tolist()) for r in runs]
     if not set.intersection(*labels):

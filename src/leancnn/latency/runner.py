@@ -16,7 +16,9 @@ Files of a run directory (all appended or replaced atomically, so an interrupted
 ``run.json`` (config, planned conditions, machine, versions), ``models.json`` (what each model is),
 ``samples.csv`` (``condition,model,block,seq,latency_s,t_s``), ``conditions.jsonl`` (one line per finished
 condition, written *after* its samples; rows of a condition without that line are dropped on resume). A run is
-resumed with ``resume=True``: finished conditions are kept, the rest measured.
+resumed with ``resume=True``: finished conditions are kept, the rest measured, and so is a finished condition whose
+rows in samples.csv are missing or fewer than its conditions.jsonl line records (the report refuses such a run).
+``leancnn latency run --resume -o DIR`` resumes with the config recorded in run.json (:func:`resume_config`).
 
 Every load process is stopped on normal exit, on an exception, on Ctrl-C and on SIGTERM (``latency/load.py``);
 a load that dies mid-run ends its condition early and is recorded (``load_died``), not ignored.
@@ -47,7 +49,7 @@ import torch.nn as nn
 
 from ..config import LatencyConfig, LatencyLoadConfig, LatencyModelConfig, dump_config, from_dict, to_dict
 from ..errors import LeancnnError
-from ..io import atomic_path, cache_dir
+from ..io import atomic_path, cache_dir, ensure_writable_dir
 from ..train.checkpoint import state_digest
 from .load import CpuLoad, CpuQuota, LoadDiedError, LoadSpec, quota_support, stress_ng_path, system_snapshot
 
@@ -181,18 +183,21 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
             raise LeancnnError(f"{where}: {e}") from None
         source, name, default = "registry", m.name, tuple(entry.input_size)
     else:
-        from ..tasks.runs import resolve_checkpoint
+        from ..tasks.runs import KIND_COMMANDS, resolve_checkpoint, run_kind
 
         try:
             path = resolve_checkpoint(m.checkpoint, f"{where} checkpoint")
             state = load_checkpoint(path, torch.device("cpu"))
         except LeancnnError as e:
             raise LeancnnError(str(e)) from None
-        raw = state.get("config") or {}
-        if "frames" in (raw.get("data") or {}):
+        kind = run_kind(state.get("config"))
+        if kind == "registration":
+            raise LeancnnError(f"{where}: '{path}' is a registration run, but `leancnn latency run` measures "
+                               f"classifier and video runs; a registration run is for {KIND_COMMANDS[kind]}")
+        if kind == "video":
             from ..tasks.video import load_video_model
 
-            module, vcfg, _ = load_video_model(path, torch.device("cpu"))
+            module, vcfg, _ = load_video_model(path, torch.device("cpu"), "leancnn latency run")
             default = (3, vcfg.data.frames, vcfg.data.height, vcfg.data.width)
             name = vcfg.model.name
         else:
@@ -510,6 +515,60 @@ def _drop_unfinished_samples(run_dir: Path, keep: set[str]) -> int:
     return dropped
 
 
+def _sample_counts(run_dir: Path) -> dict[tuple[str, str], int]:
+    """Complete rows of samples.csv per ``(condition, model)``."""
+    path = run_dir / "samples.csv"
+    counts: dict[tuple[str, str], int] = {}
+    if path.is_file():
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True)[1:] if ln.endswith("\n")]
+        for row in csv.reader(lines):
+            if len(row) == len(SAMPLE_COLUMNS):
+                counts[row[0], row[1]] = counts.get((row[0], row[1]), 0) + 1
+    return counts
+
+
+def _keep_conditions(run_dir: Path, keep: set[str]) -> None:
+    """Rewrite conditions.jsonl with the records of ``keep`` only (and without a torn line, onto which the next
+    record would otherwise be appended)."""
+    path = run_dir / "conditions.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and rec.get("id") in keep:
+            kept.append(line)
+    if kept != lines:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
+
+
+def resume_config(out: str | Path, overrides: list[str] | None = None) -> LatencyConfig:
+    """The config that finishes run ``out`` (``latency run --resume`` without ``-c``): the one the run recorded in
+    run.json, with ``overrides`` applied (a change that alters the measurement is then refused by :func:`run`)."""
+    from ..config import apply_overrides
+
+    path = Path(out) / "run.json"
+    if not path.is_file():
+        raise LeancnnError(f"--resume: '{out}' holds no latency run (run.json)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LeancnnError(f"--resume: cannot read the run's config from {path}: {e}") from None
+    return from_dict(LatencyConfig, apply_overrides(dict(saved), list(overrides or [])))
+
+
+def resume_hint(out: str | Path) -> str:
+    """The command that finishes an interrupted run (its config is read from run.json)."""
+    import shlex
+
+    return f"leancnn latency run --resume -o {shlex.quote(str(out))}"
+
+
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -650,12 +709,27 @@ def _same_run(saved: dict, cfg: LatencyConfig) -> list[str]:
     return [f"{k}: {a!r} -> {b!r}" for k, a, b in config_changes(old, new, ignore=("name", "output_dir"))]
 
 
+def check_output_path(out: str | Path, cfg: LatencyConfig, config_file: str | Path | None = None) -> Path:
+    """``-o`` of ``latency run`` (``leancnn.outputs``): a folder, not the config file nor a model's checkpoint
+    (or its run) or ONNX file, nor inside or holding one."""
+    from ..outputs import check_output, check_output_dir
+    from ..tasks.runs import checkpoint_inputs
+
+    inputs = [("config file", config_file)]
+    for i, m in enumerate(cfg.models):
+        inputs += checkpoint_inputs(m.checkpoint, f"models[{i}]") if m.checkpoint else []
+        inputs += [(f"models[{i}] ONNX file", Path(m.onnx).expanduser())] if m.onnx else []
+    return check_output_dir(check_output(out, inputs, "-o"))
+
+
 def run(cfg: LatencyConfig, out: str | Path, resume: bool = False, force: bool = False,
         log: Callable[[str], None] = print, progress: bool | None = None, report: bool = True,
-        command: str | None = None) -> dict:
+        command: str | None = None, config_file: str | Path | None = None) -> dict:
     """Measure ``cfg`` into run directory ``out`` (see the module docstring); returns a summary dict. With
-    ``report`` the Markdown report is written at the end (:func:`leancnn.latency.report.write_report`)."""
-    out = Path(out)
+    ``report`` the Markdown report is written at the end (:func:`leancnn.latency.report.write_report`). ``out``
+    is never an input (``config_file``, the models' files); ``force`` deletes the run and report files only,
+    once every check has passed."""
+    out = check_output_path(out, cfg, config_file)
     specs, conditions, unavailable = check_run(cfg)
     held = [f for f in RUN_FILES if (out / f).exists()]
     if resume:
@@ -669,10 +743,20 @@ def run(cfg: LatencyConfig, out: str | Path, resume: bool = False, force: bool =
         raise LeancnnError(f"'{out}' already holds a latency run ({', '.join(held)}); add --resume to finish it, "
                            "--force to replace it, or choose another --out")
     elif held:
-        for f in RUN_FILES:
+        from .report import REPORT_FILES
+
+        for f in (*RUN_FILES, *REPORT_FILES):  # what a latency run writes; other files stay
             (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     done = finished_conditions(out) if resume else {}
+    short = []
+    if resume:  # a finished condition whose rows in samples.csv are missing or short is measured again
+        from .report import sample_shortfalls
+
+        short = sample_shortfalls(list(done.values()), _sample_counts(out))
+        for cid in {c for c, *_ in short}:
+            del done[cid]
+        _keep_conditions(out, set(done))
     dropped = _drop_unfinished_samples(out, set(done))
     if not resume:
         _write_json(out / "run.json", {
@@ -684,8 +768,14 @@ def run(cfg: LatencyConfig, out: str | Path, resume: bool = False, force: bool =
         (out / "conditions.jsonl").touch()
     todo = [c for c in conditions if c.id not in done]
     if resume:
+        from .report import describe_shortfalls
+
+        redo = sorted({c for c, *_ in short})
         log(f"resuming '{out}': {len(done)} of {len(conditions)} conditions done"
-            + (f" ({dropped} samples of an unfinished condition dropped)" if dropped else ""))
+            + (f" ({dropped} samples of {'unfinished or short conditions' if redo else 'an unfinished condition'} "
+               "dropped)" if dropped else "")
+            + (f"; measuring again {', '.join(redo)}, whose samples.csv rows were short ({describe_shortfalls(short)})"
+               if redo else ""))
     if progress is None:
         progress = sys.stderr.isatty()
     cache: dict = {}
@@ -717,7 +807,7 @@ def run(cfg: LatencyConfig, out: str | Path, resume: bool = False, force: bool =
             rec, rows = run_condition(cond, specs, cfg, cache, rng, on_block)
         except KeyboardInterrupt:
             log(f"interrupted in condition {k} of {len(conditions)} ({cond.label}); {len(finished_conditions(out))} "
-                f"finished condition(s) are kept in '{out}': finish with --resume -o {out}")
+                f"finished condition(s) are kept in '{out}'; finish with: {resume_hint(out)}")
             raise
         finally:
             if bar is not None:

@@ -27,7 +27,11 @@ one batch of image pairs, each with one label pair drawn for this epoch (:class:
 the network grid, optionally affine-augmented. The validation pairs (``data.val_pairs`` of the training pairs,
 seeded) are registered each epoch: ``val_dice`` (mean gland Dice) picks ``best.pt``; ``val_tre`` (median landmark
 TRE, mm) is printed and logged. With ``data.fold >= 0`` fold ``fold`` of a k-fold split by pair is the test set,
-never seen in training, and is evaluated at the end (``test_per_label.csv`` and ``summary.json``).
+never seen in training, and is evaluated at the end (``test_per_label.csv`` and ``summary.json``). The split's
+ids are recorded in every checkpoint (``meta.splits``, with a content digest of the validation and test files) and
+in ``summary.json``; ``evaluate --split val|test`` scores exactly those pairs (:func:`run_split`). Every pair that
+training reads is read and checked before anything is written, and a pair whose labels are all empty is refused
+(:func:`check_labelled`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .. import report
+from .. import report, threads
 from ..config import RegisterConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
 from ..data.registration import (
     PairedNifti,
@@ -58,7 +62,8 @@ from ..data.registration import (
     to_fixed_grid,
 )
 from ..errors import LeancnnError
-from ..io import atomic_write_json, atomic_write_text, staged_dir
+from ..interrupts import loader_worker_init
+from ..io import atomic_write_json, atomic_write_text
 from ..losses.registration import (
     bending_energy,
     binary_dice,
@@ -70,6 +75,7 @@ from ..losses.registration import (
 )
 from ..models.regnet import build_regnet, count_params
 from ..nn.warp import resize_ddf, resize_volume, warp
+from ..outputs import check_output, check_output_dir, staged_dir
 from ..train import (
     DistContext,
     Task,
@@ -86,7 +92,10 @@ from .runs import (
     agree,
     check_path_arg,
     check_run_dir,
+    check_run_output,
+    checkpoint_inputs,
     default_run_dir,
+    expect_kind,
     fingerprint,
     resolve_checkpoint,
     resolve_device,
@@ -123,6 +132,71 @@ def split_ids(cfg: RegisterConfig) -> dict[str, list[str]]:
     val = sorted(str(v) for v in rng.choice(sorted(train), cfg.data.val_pairs, replace=False)) \
         if cfg.data.val_pairs else []
     return {"train": [i for i in train if i not in set(val)], "val": val, "test": list(test)}
+
+
+def _few(items: Sequence[str], n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def check_labelled(pairs: PairedNifti, role: str) -> None:
+    """Refuse pairs whose every label is empty (:meth:`PairedNifti.unlabelled`; reads every pair, so a NaN or
+    out-of-range file is refused here too, before anything is written). The label-driven loss learns nothing
+    from such a pair (its Dice term is 0, only the regulariser acts: it pulls the displacement towards zero) and
+    training would report a Dice of 1 for it; a validation or test pair without a label scores nothing. A pair
+    with *some* empty labels is fine (the empty ones are not drawn, and are skipped with a warning when scored)."""
+    bad = pairs.unlabelled()
+    if bad:
+        files = [f"{vid} ({', '.join(f'{f}/{p.name}' for f, p in pairs.files(vid).items() if f.endswith('labels'))})"
+                 for vid in bad]
+        which = f"all {len(pairs)}" if len(bad) == len(pairs) else f"{len(bad)} of the {len(pairs)}"
+        raise LeancnnError(f"'{pairs.root}': {which} {role} pairs have only empty labels (every structure lacks a "
+                           f"voxel >= 0.5 in its moving or its fixed label), so training can neither learn from nor "
+                           f"score them: {_few(files, 3)}; fix these label files or remove the pairs")
+
+
+def _same_dir(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).is_dir() and Path(b).is_dir() and Path(a).samefile(b)
+    except OSError:
+        return False
+
+
+def run_split(state: dict, cfg: RegisterConfig, split: str, data: str | Path) -> tuple[list[str], str]:
+    """The ids of a run's ``split`` (``"val"`` or ``"test"``) to score on folder ``data``, and where they come from.
+
+    A run records its split in every checkpoint (``meta.splits``, also in ``summary.json``): those ids are used,
+    whatever folder is given, and a folder that lacks any of them, or holds other files under their names (the
+    content digest recorded beside them differs), is refused in one line naming them. The split is never
+    recomputed on the folder given: on another folder (a subset, say) that would score training pairs as
+    validation pairs. A checkpoint without a recorded split (written before splits were recorded) has it
+    recomputed from its own ``data.root``, only when ``data`` is that same folder."""
+    where = f"checkpoint '{state.get('path', '?')}'"
+    meta = state.get("meta") or {}
+    root = check_data_root(data)
+    if "splits" in meta:
+        ids, source = [str(i) for i in meta["splits"].get(split) or []], "recorded by the run"
+    elif str(cfg.data.root).strip() and _same_dir(cfg.data.root, root):
+        ids, source = split_ids(cfg)[split], f"recomputed on the run's data.root '{cfg.data.root}'"
+    else:
+        raise LeancnnError(f"{where} records no pair split (written before runs recorded them), so --split {split} "
+                           f"can only recompute it on the run's own folder data.root='{cfg.data.root}', not on "
+                           f"'{data}'; pass --data {cfg.data.root or 'DIR'} (that folder) or --split all")
+    if not ids:
+        raise LeancnnError(f"the run has no {split} pairs (data.fold={cfg.data.fold}, "
+                           f"data.val_pairs={cfg.data.val_pairs}); use --split all")
+    have = set(list_pair_ids(root, labels=True))
+    missing = [i for i in ids if i not in have]
+    if missing:
+        raise LeancnnError(f"'{data}' lacks {len(missing)} of the run's {len(ids)} {split} pairs: {_few(missing)}; "
+                           f"give a folder that holds them (the run trained on data.root='{cfg.data.root}') or use "
+                           f"--split all")
+    digest = (meta.get("split_digests") or {}).get(split)
+    if digest is not None and data_identity(root, ids)["pairs"] != digest:
+        raise LeancnnError(f"the files of the run's {len(ids)} {split} pairs ({_few(ids, 3)}) in '{data}' differ "
+                           f"from those it was trained with (content digest); they are other pairs under the same "
+                           f"names: give the run's data folder (data.root='{cfg.data.root}') or use --split all")
+    return ids, source
 
 
 def check_data_root(root: str | Path) -> Path:
@@ -314,6 +388,7 @@ def register_and_score(model: nn.Module | None, pairs: PairedNifti, scale: float
     rows: list[dict] = []
     skipped: list[str] = []
     for i in tqdm(range(len(pairs)), desc=desc, leave=False, disable=not progress):
+        threads.tick()  # under threads=auto: follow the machine's load
         pair = pairs[i]
         skipped += [f"{pair.id} label {k}" for k in pair.empty]
         ddf = predict_ddf(model, pair, scale, device, initial)
@@ -386,7 +461,7 @@ def _train_loader(ds: RegistrationDataset, cfg: RegisterConfig, ctx: DistContext
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.train.seed)
     return DataLoader(ds, batch_size=local, sampler=sampler, collate_fn=collate_pairs,
-                      num_workers=cfg.data.num_workers)
+                      num_workers=cfg.data.num_workers, worker_init_fn=loader_worker_init)
 
 
 def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: str | Path | None = None,
@@ -398,14 +473,17 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
     splits = split_ids(cfg)  # the data folder and the split: refused before any file is written
     device, ctx = start_process(cfg.train.device)
     try:
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        threads.apply(cfg.train.threads)  # auto: the machine's free cores, followed as the run goes
         seed_everything(cfg.train.seed + ctx.rank)
         train_pairs = open_pairs(cfg, splits["train"])
         grid = net_shape(fixed_grid(train_pairs), cfg.data.scale)
         val_pairs = open_pairs(cfg, splits["val"]) if splits["val"] else None
         if val_pairs is not None and fixed_grid(val_pairs) != fixed_grid(train_pairs):
             raise LeancnnError("the validation pairs have another fixed shape than the training pairs")
+        test_pairs = open_pairs(cfg, splits["test"]) if splits["test"] else None
+        for role, pairs in (("training", train_pairs), ("validation", val_pairs), ("test", test_pairs)):
+            if pairs is not None:
+                check_labelled(pairs, role)  # reads every pair: bad files are refused before anything is written
         ds = RegistrationDataset(train_pairs, "train", seed=cfg.train.seed, augment_scale=cfg.data.augment_scale,
                                  initial=cfg.data.initial)
         loader = _train_loader(ds, cfg, ctx)
@@ -420,7 +498,10 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
         task = RegisterTask(cfg, grid, val_pairs)
         trainer = Trainer(model, None, optimizer, scheduler, loader, val_pairs, cfg.train.epochs, run_dir, device,
                           to_dict(cfg), cfg.train.grad_clip, cfg.train.amp, ctx, list(callbacks),
-                          compile=cfg.train.compile, task=task, meta={"grid": list(grid)})
+                          compile=cfg.train.compile, task=task, meta={"grid": list(grid), "splits": splits})
+        if ctx.is_main:  # `register evaluate --split` scores these very pairs (run_split)
+            trainer.meta["split_digests"] = {k: data_identity(cfg.data.root, v)["pairs"] for k, v in splits.items()
+                                             if k != "train" and v}
         if state is not None:
             restore_trainer(trainer, state)
         fp = fingerprint(cfg, data_identity(cfg.data.root, [*splits["train"], *splits["val"]])) \
@@ -440,9 +521,9 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
             summary = {"run_dir": str(run_dir), "kind": cfg.model.kind, "params": count_params(model),
                        "grid": list(grid), "epochs": cfg.train.epochs, "best_val_dice": _finite(trainer.best),
                        "checkpoint": str(best), "splits": splits, "history": history,
-                       "fingerprint": fp["fingerprint"]}
+                       "fingerprint": fp["fingerprint"], "threads": threads.record()}
             if splits["test"]:
-                rows = register_and_score(model, open_pairs(cfg, splits["test"]), cfg.data.scale, device, "test",
+                rows = register_and_score(model, test_pairs, cfg.data.scale, device, "test",
                                           progress_enabled(ctx), cfg.data.initial)
                 write_rows_csv(run_dir / "test_per_label.csv", rows)
                 summary["test"] = summarise_rows(rows)
@@ -491,6 +572,7 @@ def resolve_register_config(config: str | None, overrides: Sequence[str], resume
     overrides = list(overrides) + ([f"data.root={data}"] if data else [])
     if resume is not None:
         state = load_checkpoint(check_path_arg(resume, "--resume"))
+        expect_kind(state, ("registration",), "leancnn register train --resume", "a registration run")
         if not config:
             return from_dict(RegisterConfig, apply_overrides(dict(state.get("config") or {}), overrides))
     return load_config(config, overrides, cls=RegisterConfig)
@@ -503,6 +585,8 @@ def train_command(config: str | None, overrides: Sequence[str], data: str | None
     out_path = check_path_arg(out, "-o")
     if resume is not None and out_path is None:
         out_path = Path(load_checkpoint(resume)["path"]).parent
+    root = Path(cfg.data.root) if str(cfg.data.root).strip() else None
+    check_run_output(out_path or default_run_dir(cfg), config, resume, data=[("data folder", root)])
     train_register(cfg, out=out_path, resume=resume, force=force)
     return 0
 
@@ -510,8 +594,18 @@ def train_command(config: str | None, overrides: Sequence[str], data: str | None
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def load_register_model(path: str | Path, device: torch.device) -> tuple[nn.Module, RegisterConfig]:
+def load_register_model(path: str | Path, device: torch.device,
+                        command: str = "leancnn register") -> tuple[nn.Module, RegisterConfig]:
+    model, cfg, _ = load_register_state(path, device, command)
+    return model, cfg
+
+
+def load_register_state(path: str | Path, device: torch.device,
+                        command: str = "leancnn register") -> tuple[nn.Module, RegisterConfig, dict]:
+    """The network, config and checkpoint (its ``meta``: grid, splits) of a registration run or checkpoint; a
+    run of another kind is refused naming both kinds."""
     state = load_checkpoint(resolve_checkpoint(path), device)
+    expect_kind(state, ("registration",), command, "a registration run")
     try:
         cfg = from_dict(RegisterConfig, state.get("config") or {})
     except LeancnnError as e:
@@ -522,7 +616,7 @@ def load_register_model(path: str | Path, device: torch.device) -> tuple[nn.Modu
                            "written by leancnn register train")
     model = build_model(cfg, grid)
     load_model_state(model, state, f"checkpoint '{state['path']}'")
-    return model.to(device).eval(), cfg
+    return model.to(device).eval(), cfg, state
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -542,6 +636,16 @@ def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str = "", intent: str 
     return img
 
 
+EVALUATE_FILES = ("per_label.csv", "summary.json", "summary.md")  # and pairs/<id>.png
+
+
+def check_output_folder(out: str | Path, checkpoint: str | Path | None, data: str | Path) -> Path:
+    """``-o`` of ``predict`` / ``evaluate`` (:mod:`leancnn.outputs`): not the run or checkpoint, nor the data
+    folder, nor inside or holding one of them; not an existing file."""
+    inputs = [*checkpoint_inputs(checkpoint, "model"), ("data folder", Path(data) if str(data).strip() else None)]
+    return check_output_dir(check_output(out, inputs, "-o"))
+
+
 def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
                    force: bool = False, progress: bool | None = None) -> list[str]:
     """``leancnn register predict``: for every pair of ``data`` (images only; labels are warped when the folder
@@ -551,11 +655,12 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
     - ``<id>_warped.nii.gz``: the moving image resampled on the fixed grid (float32, normalised as in training);
     - ``<id>_warped_labels.nii.gz``: (X, Y, Z, L) float32 in [0, 1], when the folder has labels.
 
-    Nothing is left in ``out`` on failure (written to ``<out>.partial``, renamed at the end)."""
+    Nothing is left in ``out`` on failure (written to a temporary sibling, moved in at the end); with ``force``
+    the files an earlier predict wrote there are replaced, other files stay."""
+    out = check_output_folder(out, checkpoint, data)
     dev = resolve_device(device)
-    model, cfg = load_register_model(checkpoint, dev)
+    model, cfg = load_register_model(checkpoint, dev, "leancnn register predict")
     pairs = open_pairs(cfg, None, labels=None, root=data)
-    out = Path(check_path_arg(out, "-o"))
     if progress is None:
         progress = progress_enabled(DistContext())
     with staged_dir(out, force) as tmp:
@@ -587,7 +692,9 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
     """``leancnn register evaluate``: register every labelled pair (``checkpoint=None``: no registration) and write
     ``per_label.csv`` (one row per pair and non-empty label), ``summary.json`` / ``summary.md`` (gland Dice and
     landmark TRE, medians and quartiles, before and after) and ``pairs/<id>.png`` overlays. ``split``: ``all``
-    pairs of the folder, or the run's ``test`` / ``val`` pairs (by id)."""
+    pairs of the folder, or the run's ``test`` / ``val`` pairs: the ids the run recorded (:func:`run_split`), which
+    the folder must hold."""
+    out = check_output_folder(out, checkpoint, data)
     dev = resolve_device(device)
     if checkpoint is None:
         cfg = from_dict(RegisterConfig, {"data": {"initial": initial}})
@@ -595,21 +702,17 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
         if split != "all":
             raise LeancnnError("--split test/val needs a checkpoint (the split is the run's)")
     else:
-        model, cfg = load_register_model(checkpoint, dev)
+        model, cfg, state = load_register_state(checkpoint, dev, "leancnn register evaluate")
         method = f"{cfg.model.kind} network ({count_params(model):,} parameters) from {checkpoint}"
     if split not in ("all", "test", "val"):
         raise LeancnnError(f"--split must be all, test or val, got {split!r}")
-    ids = None
+    ids, source = None, None
     if split != "all":
-        ids = split_ids(from_dict(RegisterConfig, apply_overrides(to_dict(cfg), [f"data.root={data}"])))[split]
-        if not ids:
-            raise LeancnnError(f"the run has no {split} pairs (data.fold={cfg.data.fold}, "
-                               f"data.val_pairs={cfg.data.val_pairs})")
+        ids, source = run_split(state, cfg, split, data)  # the run's own pairs, never recomputed on `data`
     pairs = open_pairs(cfg, ids, labels=True, root=data)
-    out = Path(check_path_arg(out, "-o"))
     if progress is None:
         progress = progress_enabled(DistContext())
-    with staged_dir(out, force) as tmp:
+    with staged_dir(out, force, known=EVALUATE_FILES) as tmp:
         def picture(pair, ddf, pair_rows):
             overlay_figure(pair, ddf, pair_rows, tmp / "pairs" / f"{pair.id}.png", initial=cfg.data.initial)
 
@@ -617,6 +720,7 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
                                   picture if pictures else None)
         skipped = [f"{pid} label {k}" for pid, ks in pairs.empty_labels().items() for k in ks]
         summary = {"method": method, "data": str(data), "split": split, "pairs": len(pairs),
+                   **({"split_ids": list(pairs.ids), "split_source": source} if source else {}),
                    "skipped_empty_labels": skipped, **summarise_rows(rows)}
         write_rows_csv(tmp / "per_label.csv", rows)
         atomic_write_json(tmp / "summary.json", summary)
@@ -710,5 +814,6 @@ def overlay_figure(pair: RegistrationPair, ddf: torch.Tensor, rows: Sequence[dic
     return report.save_figure(fig, path)
 
 
-__all__ = ["RegisterTask", "build_model", "evaluate_folder", "net_shape", "overlay_figure", "predict_ddf",
-           "predict_folder", "register_and_score", "score_pair", "split_ids", "summarise_rows", "train_register"]
+__all__ = ["RegisterTask", "build_model", "check_labelled", "evaluate_folder", "load_register_state", "net_shape",
+           "overlay_figure", "predict_ddf", "predict_folder", "register_and_score", "run_split", "score_pair",
+           "split_ids", "summarise_rows", "train_register"]
