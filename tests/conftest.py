@@ -1,7 +1,14 @@
 """Shared test helpers. The digit data cache stays at its default location (building it takes ~8 s once)."""
 
+import os
+
 import pytest
 import torch
+
+# Every command under test (in this process and the ones it starts) runs at one fixed thread, as the fixture below
+# does: bit-exact comparisons need a fixed count, and tiny workloads are fastest at one. tests/test_threads.py
+# takes this away to test threads=auto itself.
+os.environ["LEANCNN_THREADS"] = "1"
 
 
 @pytest.fixture(scope="module", autouse=True)

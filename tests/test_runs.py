@@ -55,7 +55,7 @@ BAD_VALUES = [
     ("data.batch_size=0", "config key 'data.batch_size' must be >= 1, got 0"),
     ("data.eval_batch_size=0", "config key 'data.eval_batch_size' must be >= 1, got 0"),
     ("data.limit_train=-1", "config key 'data.limit_train' must be >= 0, got -1"),
-    ("train.threads=-1", "config key 'train.threads' must be >= 0, got -1"),
+    ("train.threads=-1", "config key 'train.threads' must be 'auto' or a whole number >= 1 (0 reads as auto), got -1"),
     ("train.grad_clip=-1", "config key 'train.grad_clip' must be >= 0, got -1"),
     ("optim.momentum=-1", "config key 'optim.momentum' must be in [0, 1), got -1"),
     ("data.num_workers=-1", "config key 'data.num_workers' must be >= 0, got -1"),

@@ -8,6 +8,16 @@ import sys
 from pathlib import Path
 
 from .errors import LeancnnError
+from .interrupts import die_with_launcher, reports_interrupt, sigterm_raises
+
+
+# --force everywhere (docs/training.md, "Runs, resume and reuse"): -o is never an input, nor inside or holding one;
+# --force deletes only the files leancnn wrote there, only after every check; other files are never removed
+FORCE_RUN = ("replace the run that -o already holds: only its run files (checkpoints, metrics, summary, ...) are "
+             "deleted, once every check has passed; other files stay (-o may never be, lie inside or hold an input)")
+FORCE_FOLDER = ("write into a non-empty -o: the files leancnn wrote there earlier are replaced, once every check has "
+                "passed; other files stay (-o may never be, lie inside or hold an input)")
+FORCE_FILE = "replace the output file if it exists"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-domain", type=int, default=10, help="samples per row, 1 to 100 "
                                                               "(default 10: one per class)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--force", action="store_true", help=FORCE_FILE)
 
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train a model. Single process by default; under "
@@ -57,18 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint (or run directory) to continue exactly; its config is used "
                                     "unless -c is given. Only train.epochs, train.device, train.threads, "
                                     "data.num_workers, data.eval_batch_size, name and output_dir may change")
-    p.add_argument("--force", action="store_true", help="replace the run that -o already holds (its checkpoints, "
-                                                        "metrics and summary are deleted once the new run starts)")
+    p.add_argument("--force", action="store_true", help=FORCE_RUN)
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="train with DDP in N processes on this machine (the same as torchrun "
                         "--nproc_per_node=N -m leancnn train ..., with the config checked once before any starts)")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test (or another) split",
                        description="Evaluate a checkpoint. By default on the test sets of the run's domains.")
-    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt, else last.pt)")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt, else last.pt; a "
+                                      "prune run's pruned.pt)")
     p.add_argument("--domains", nargs="+", help="domains to evaluate on (default: those of the run)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="replace the --plot-variance file if it exists")
     p.add_argument("--plot-variance", metavar="PNG", help="also plot per-sample feature variance (Bias Loss's "
                                                           "diversity signal) against correctness")
 
@@ -101,8 +113,44 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs/demo-<time>/report.md with a results table and the training curves.")
     _add_config_args(p)
     p.add_argument("-o", "--out", help="run directory (default: runs/demo-<time>)")
-    p.add_argument("--force", action="store_true", help="replace the demo that -o already holds")
+    p.add_argument("--force", action="store_true", help="replace the demo that -o already holds: each stage "
+                                                        "deletes only the files it wrote, once its checks have "
+                                                        "passed; other files stay")
+    _add_threads_args(sub)
     return parser
+
+
+# commands that compute with torch: they take --threads, and the entry point sets OpenMP's wait policy for them
+# (the latency tool's own measured conditions set their threads themselves and keep the user's environment)
+_COMPUTING = {"train": None, "evaluate": None, "lodo": None, "demo": None, "prune": None,
+              "video": ("train", "evaluate", "ensemble", "stream", "export"),
+              "register": ("train", "predict", "evaluate")}
+
+
+def _threads_type(text: str):
+    from .threads import parse_threads
+
+    try:
+        return parse_threads(text, "--threads")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_threads_args(sub) -> None:
+    for name, actions in _COMPUTING.items():
+        parser = sub.choices[name]
+        targets = [parser] if actions is None else [
+            next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[act]  # noqa: SLF001
+            for act in actions]
+        for q in targets:
+            q.add_argument("--threads", type=_threads_type, default=None, metavar="auto|N",
+                           help="torch intra-op threads: auto (the default) follows the machine: its free cores, "
+                                "re-checked as the work goes; N fixes N (wins over the config's train.threads)")
+
+
+def _computing(args: argparse.Namespace) -> bool:
+    actions = _COMPUTING.get(args.command, False)
+    return actions is None or (actions is not False and getattr(args, "action", None) in actions)
 
 
 def _add_prune_parser(sub) -> None:
@@ -113,10 +161,11 @@ def _add_prune_parser(sub) -> None:
                                    "clusters the criteria only. The input checkpoint is never modified.")
     p.add_argument("source", nargs="+", metavar="[analyse] RUN_OR_CHECKPOINT",
                    help="a training run directory or checkpoint (prefix 'analyse' for the clustering alone)")
-    p.add_argument("-c", "--config", help="YAML prune config (see configs/prune_*.yaml); defaults apply when omitted")
+    p.add_argument("-c", "--config", help="YAML prune config: the keys of leancnn.config.PruneConfig (docs/pruning.md "
+                                          "explains them); defaults apply when omitted")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. search.population=8")
     p.add_argument("-o", "--out", help="output directory (default runs/<name>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace what --out already holds")
+    p.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     p.add_argument("--target-macs", type=float, help="fraction of the MACs kept (e.g. 0.5)")
     p.add_argument("--criteria", nargs="+", help="one criterion, or several to blend: l1, l2, fpgm, bn, taylor, "
                                                  "act_mean, apoz, entropy, hrank, random")
@@ -135,7 +184,8 @@ def _run_prune(args: argparse.Namespace) -> int:
 
         pcfg = load_config(args.config, args.overrides, cls=PruneConfig)
         prune.analyse(src[1], args.criteria or ["l1", "l2", "fpgm", "bn", "taylor", "act_mean", "apoz", "entropy",
-                                                 "hrank", "random"], args.out or "runs/prune-analyse", pcfg)
+                                                 "hrank", "random"], args.out or "runs/prune-analyse", pcfg,
+                      force=args.force, config_file=args.config)
         return 0
     if len(src) != 1:
         raise LeancnnError(f"give one run directory or checkpoint, got {src}")
@@ -154,20 +204,25 @@ def _add_latency_parser(sub) -> None:
     q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
     q.add_argument("--quick", action="store_true", help="a smoke run: 3 models, idle and one load level, one "
                                                         "thread setting and backend, 60 samples (< 2 minutes)")
-    q.add_argument("--resume", action="store_true", help="finish the interrupted run in --out (finished "
-                                                         "conditions are kept)")
-    q.add_argument("--force", action="store_true", help="replace the run that --out already holds")
+    q.add_argument("--resume", action="store_true", help="finish the interrupted run in --out with its recorded "
+                                                         "config (finished conditions are kept; those whose samples "
+                                                         "are missing from samples.csv are measured again)")
+    q.add_argument("--force", action="store_true", help=FORCE_RUN.replace("run files (checkpoints, metrics, "
+                                                                         "summary, ...)", "samples and report"))
     q.add_argument("--no-report", action="store_true", help="measure only (write the report later with "
                                                             "`leancnn latency report`)")
     q = lsub.add_parser("report", help="(re)write the Markdown report of a run directory")
     q.add_argument("run_dir")
     q.add_argument("-o", "--out", help="report directory (default: the run directory)")
+    q.add_argument("--force", action="store_true", help="replace the report files another -o already holds "
+                                                        "(the run's own report is rewritten without it)")
     q.add_argument("--quantiles", type=float, nargs="+", help="quantiles to test (default: the run's config)")
     q.add_argument("--alpha", type=float, help="family-wise error rate (Holm)")
     q.add_argument("--margin", type=float, help="relative tie band")
     q = lsub.add_parser("compare", help="one report over several runs (e.g. two devices): reversals across them")
     q.add_argument("run_dirs", nargs="+", help="two or more run directories")
     q.add_argument("-o", "--out", required=True, help="report directory")
+    q.add_argument("--force", action="store_true", help="replace the report files -o already holds")
 
 
 def _run_latency(args: argparse.Namespace) -> int:
@@ -176,23 +231,26 @@ def _run_latency(args: argparse.Namespace) -> int:
     if args.action == "run":
         from .latency import runner
 
-        cfg = runner.load_config_file(args.config, args.overrides)
-        if args.quick:
-            cfg = runner.quick_config(cfg)
         if args.resume and not args.out:
             raise LeancnnError("--resume needs --out: the run directory to finish")
+        if args.resume and not args.config:  # the run's own config (run.json), with any overrides
+            cfg = runner.resume_config(args.out, args.overrides)
+        else:
+            cfg = runner.load_config_file(args.config, args.overrides)
+        if args.quick:
+            cfg = runner.quick_config(cfg)
         out = Path(args.out) if args.out else runner.default_out(cfg)
         summary = runner.run(cfg, out, resume=args.resume, force=args.force, report=not args.no_report,
-                             command="leancnn " + " ".join(sys.argv[1:]))
+                             command="leancnn " + " ".join(sys.argv[1:]), config_file=args.config)
         print(f"{summary['measured']} condition(s) measured in {summary['seconds']:.0f} s; run directory {out}")
         if summary.get("report"):
             print(f"report written to {summary['report']}")
     elif args.action == "report":
         kw = {k: v for k, v in (("quantiles", tuple(args.quantiles) if args.quantiles else None),
                                 ("alpha", args.alpha), ("margin", args.margin)) if v is not None}
-        print(f"report written to {lreport.write_report(args.run_dir, args.out, **kw)}")
+        print(f"report written to {lreport.write_report(args.run_dir, args.out, force=args.force, **kw)}")
     else:
-        print(f"report written to {lreport.compare(args.run_dirs, args.out)}")
+        print(f"report written to {lreport.compare(args.run_dirs, args.out, force=args.force)}")
     return 0
 
 
@@ -207,7 +265,7 @@ def _add_video_parser(sub) -> None:
     _add_config_args(q)
     q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
     q.add_argument("--resume", help="checkpoint to continue exactly (its config is used unless -c is given)")
-    q.add_argument("--force", action="store_true", help="replace the run that -o already holds")
+    q.add_argument("--force", action="store_true", help=FORCE_RUN)
     q.add_argument("--nproc-per-node", type=int, default=1, metavar="N", help="train with DDP in N processes")
     q = vsub.add_parser("evaluate", help="test accuracy of a video run, in the frames' order and reversed")
     q.add_argument("checkpoint", help="a .pt checkpoint or a run directory (best.pt, else last.pt)")
@@ -231,18 +289,19 @@ def _add_video_parser(sub) -> None:
     q.add_argument("--topk", type=int, default=3)
     q.add_argument("--chunk", type=int, default=1, help="frames per stream step (default 1)")
     q.add_argument("--size", help="frame size HxW fed to the model (default: the run's training size)")
-    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     q.add_argument("--fused", action="store_true", help="stream through the fused inference form (BatchNorm "
                                                         "folded, 2-D convs; the same logits, ~2x faster on a CPU)")
     q = vsub.add_parser("export", help="export the stream step (state as named inputs/outputs) to ONNX and "
                                        "check it with onnxruntime")
     q.add_argument("model", help="a stream run (checkpoint or run directory) or a registered stream model name")
     q.add_argument("-o", "--out", required=True, help="the .onnx file")
+    q.add_argument("--force", action="store_true", help=FORCE_FILE)
     q.add_argument("--size", help="frame size HxW (default: the run's training size)")
     q.add_argument("--frames", type=int, default=1, help="frames per step in the exported graph (default 1)")
     q = vsub.add_parser("preview", help="write a PNG of example moving-digits clips, a row per action")
     _add_config_args(q)
     q.add_argument("-o", "--out", default="moving-digits.png", help="image path (default moving-digits.png)")
+    q.add_argument("--force", action="store_true", help=FORCE_FILE)
 
 
 def _add_register_parser(sub) -> None:
@@ -258,14 +317,14 @@ def _add_register_parser(sub) -> None:
     q.add_argument("--data", help="the paired NIfTI folder (sets data.root)")
     q.add_argument("-o", "--out", help="run directory (default: <output_dir>/<name>-<time>)")
     q.add_argument("--resume", help="checkpoint to continue exactly (its config is used unless -c is given)")
-    q.add_argument("--force", action="store_true", help="replace the run that -o already holds")
+    q.add_argument("--force", action="store_true", help=FORCE_RUN)
     q = rsub.add_parser("predict", help="register image pairs (images only): write the DDF, the warped moving image "
                                         "(and warped labels when the folder has them) as NIfTI")
     q.add_argument("checkpoint", help="a .pt checkpoint or a run directory (best.pt, else last.pt)")
     q.add_argument("--data", required=True, help="a paired folder; only moving_images/ and fixed_images/ are needed")
     q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    q.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     q = rsub.add_parser("evaluate", help="gland Dice and landmark TRE before and after registration: per-pair "
                                          "per-label CSV, summary with medians and quartiles, a PNG per pair")
     q.add_argument("checkpoint", nargs="?", help="a .pt checkpoint or a run directory; omit with --identity")
@@ -276,10 +335,11 @@ def _add_register_parser(sub) -> None:
     q.add_argument("--data", required=True, help="a labelled paired folder")
     q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
     q.add_argument("--split", default="all", choices=["all", "test", "val"],
-                   help="all pairs of --data, or the run's test / validation pairs (default all)")
+                   help="all pairs of --data, or the run's test / validation pairs: the ids the run recorded, "
+                        "which --data must hold (default all)")
     q.add_argument("--no-png", action="store_true", help="skip the per-pair pictures")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    q.add_argument("--force", action="store_true", help=FORCE_FOLDER)
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -318,12 +378,13 @@ def _run_video(args: argparse.Namespace) -> int:
                                          args.fused):
             print(line, flush=True)
     elif args.action == "export":
-        r = video.export_checkpoint(args.model, args.out, *video.parse_size(args.size), frames=args.frames)
+        r = video.export_checkpoint(args.model, args.out, *video.parse_size(args.size), frames=args.frames,
+                                    force=args.force)
         print(f"stream step written to {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['height']}x{r['width']}, "
               f"{r['frames_per_step']} frame(s) per step); onnxruntime vs PyTorch over {r['checked_frames']} "
               f"frames: max |logit difference| {r['max_abs_diff']:.2e}")
     elif args.action == "preview":
-        path = video.write_preview(args.config, args.overrides, args.out)
+        path = video.write_preview(args.config, args.overrides, args.out, force=args.force)
         print(f"preview written to {path}")
     return 0
 
@@ -346,7 +407,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.action == "inspect":
             print(catalog.inspect_text(args.name, args.seed))
         else:
-            path = catalog.write_sample_grid(args.names, args.out, per_domain=args.per_domain, seed=args.seed)
+            path = catalog.write_sample_grid(args.names, args.out, per_domain=args.per_domain, seed=args.seed,
+                                             force=args.force)
             print(f"sample grid written to {path}")
     elif args.command == "train":
         from .tasks.classify import train_command
@@ -355,12 +417,11 @@ def _run(args: argparse.Namespace) -> int:
                              args.debug)
     elif args.command == "evaluate":
         from .tasks.classify import evaluate_checkpoint, test_rows
-        from .tasks.runs import check_path_arg
+        from .tasks.runs import resolve_checkpoint
 
-        path = check_path_arg(args.checkpoint, "checkpoint")
-        if path.is_dir():
-            path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-        results = evaluate_checkpoint(path, args.domains, args.split, args.device, args.plot_variance)
+        path = resolve_checkpoint(args.checkpoint, "checkpoint")  # a run: best.pt, last.pt or a prune's pruned.pt
+        results = evaluate_checkpoint(path, args.domains, args.split, args.device, args.plot_variance,
+                                      force=args.force)
         print(report.format_table(test_rows(results), [f"{args.split} set", "images", "accuracy", "loss"]))
         if args.plot_variance:
             print(f"variance plot written to {args.plot_variance}")
@@ -377,7 +438,8 @@ def _run(args: argparse.Namespace) -> int:
         except (ValueError, AssertionError):
             raise LeancnnError(f"--shard {args.shard!r}: expected I/N, e.g. 0/2") from None
         out = args.out if args.out is not None else Path(base.get("output_dir", "runs")) / f"lodo-{base.get('name', 'experiment')}"
-        results = run_lodo(base, variants, check_path_arg(out, "-o"), args.targets, args.seeds, shard)
+        results = run_lodo(base, variants, check_path_arg(out, "-o"), args.targets, args.seeds, shard,
+                           config_file=args.config)
         print(results["text"])
         if results["missing"]:
             print(f"{len(results['missing'])} run(s) not finished yet (other shards?); re-run to collect")
@@ -396,7 +458,7 @@ def _run(args: argparse.Namespace) -> int:
         from .tasks.demo import default_demo_config, run_demo
 
         cfg = load_config(args.config, args.overrides) if args.config else default_demo_config(args.overrides)
-        run_demo(cfg, out=args.out, force=args.force)
+        run_demo(cfg, out=args.out, force=args.force, config_file=args.config)
     return 0
 
 
@@ -435,20 +497,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.distributed import env_rank
-
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
-        return _run(args)
-    except KeyboardInterrupt:
-        if env_rank() == 0:
+        # SIGTERM ends a command as Ctrl-C does, also while torch loads: the same cleanup, the same one line
+        with sigterm_raises():
+            die_with_launcher()  # a --nproc-per-node worker ends with its launcher, however that ends
+            if _computing(args):
+                from . import threads
+
+                threads.force(args.threads)
+                threads.prepare_environment()  # before torch loads: OpenMP reads its wait policy once
+                threads.apply()  # --threads, LEANCNN_THREADS or auto; a training run re-applies its train.threads
+            return _run(args)
+    except KeyboardInterrupt as e:
+        if reports_interrupt():
             print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     except (LeancnnError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError) as e:
         if args.debug:
             raise
+        from .train.distributed import env_rank
+
         if env_rank() == 0:  # under torchrun every rank meets the same error: rank 0 reports it
             message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # always one line
             print(f"leancnn {args.command}: error: {message}", file=sys.stderr)

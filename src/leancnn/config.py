@@ -206,12 +206,19 @@ class TrainConfig:
     grad_clip: float = rule(0.0, ge=0.0)  # max global grad norm; 0 = off
     amp: bool = False  # mixed precision, CUDA only (ignored with a warning on CPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = rule(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    # torch intra-op threads: auto follows the machine (its free cores, re-checked as the run goes; leancnn/threads.py),
+    # N >= 1 fixes N (bit-exact repeats need a fixed N); 0 reads as auto (earlier versions' "torch's default")
+    threads: Union[int, Literal["auto"]] = "auto"
     deterministic: bool = True  # deterministic kernels where the backend offers them
     # layout of the model and of every batch: auto = channels-last for conv nets on the CPU, the faster of the
     # two (timed) on CUDA; results differ between layouts only by float rounding (docs/training.md)
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     compile: bool = False  # torch.compile the training step (opt-in: compile time vs steady-state gain measured)
+
+    def _check(self) -> None:
+        if isinstance(self.threads, int) and self.threads < 0:
+            raise ConfigError(f"config key 'train.threads' must be 'auto' or a whole number >= 1 (0 reads as auto), "
+                              f"got {self.threads}")
 
 
 @dataclass
@@ -273,12 +280,12 @@ class VideoDataConfig:
     half-frame-rate ensemble member: step 2, offset 0 or 1)."""
 
     name: Literal["moving_digits"] = "moving_digits"
-    frames: int = rule(16, ge=2, le=512)
+    frames: int = rule(16, ge=4, le=512)  # the ranges of data/video.py's MovingDigitsSpec (a test keeps them equal)
     height: int = rule(32, ge=16, le=512)
     width: int = rule(32, ge=16, le=512)
-    train: int = rule(2000, ge=10)  # videos per split (balanced over the 10 actions)
-    val: int = rule(400, ge=10)
-    test: int = rule(600, ge=10)
+    train: int = rule(2000, ge=10, le=1_000_000)  # videos per split (balanced over the 10 actions)
+    val: int = rule(400, ge=10, le=1_000_000)
+    test: int = rule(600, ge=10, le=1_000_000)
     seed: int = rule(0, ge=0, lt=SEED_MAX)  # the dataset's seed (which digits, which motions)
     augment: bool = True  # flips (with the labels they swap), shifts, brightness/contrast; the same for every frame
     frame_step: int = rule(1, ge=1)  # keep every n-th frame
@@ -431,8 +438,13 @@ class LatencyConfig:
         if not self.grid.loads and not self.grid.quotas:
             raise ConfigError("config key 'grid': no conditions (grid.loads and grid.quotas are both empty); give at "
                               "least one load level, e.g. grid.loads=[{workers: 0}]")
-        from .latency.load import LoadSpec
+        from .latency.load import LoadSpec, allowed_cpus
 
+        cores = len(allowed_cpus())
+        for i, q in enumerate(self.grid.quotas):
+            if q > cores:  # a bandwidth limit above the CPUs the process may use limits nothing
+                raise ConfigError(f"config key 'grid.quotas[{i}]' = {q:g} is above the {cores} CPU(s) this process may "
+                                  f"run on (os.sched_getaffinity); allowed: (0, {cores}] cores")
         for i, m in enumerate(self.models):
             given = [k for k in ("name", "checkpoint", "onnx") if getattr(m, k) is not None]
             if len(given) != 1:

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
-from .. import report
+from .. import report, threads
 from ..config import DataConfig, ExperimentConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
 from ..data import DOMAINS, DigitsDataset, DomainBalancedSampler, domain_digest
 from ..data.augment import strong_augment, weak_augment
 from ..data.digits import NUM_CLASSES, SIZE
 from ..errors import LeancnnError
-from ..io import atomic_write_json, check_writable_file
+from ..interrupts import loader_worker_init
+from ..io import atomic_write_json
 from ..losses import build_loss, feature_variance
 from ..models import create_model
 from ..nn.layout import (
@@ -26,6 +27,7 @@ from ..nn.layout import (
 )
 from ..nn.mixstyle import deactivate_mixstyle, insert_mixstyle
 from ..nn.tap import WithFeatures
+from ..outputs import check_output, check_output_file
 from ..train import (
     DistContext,
     Trainer,
@@ -41,10 +43,15 @@ from ..train.distributed import all_gather_objects, launch
 from ..train.engine import progress_enabled
 from ..train.semi import SemiTrainer
 from .runs import (
+    CLASSIFIER_KINDS,
     agree,
     check_path_arg,
     check_run_dir,
+    check_run_output,
+    checkpoint_inputs,
+    data_inputs,
     default_run_dir,
+    expect_kind,
     fingerprint,
     resolve_device,
     restore_trainer,
@@ -59,8 +66,7 @@ IMAGE_SHAPE = (3, SIZE, SIZE)  # every digit domain: 3x32x32
 
 
 def configure_torch(cfg: ExperimentConfig, device: torch.device) -> None:
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    threads.apply(cfg.train.threads)  # auto: the machine's free cores, followed as the run goes
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = cfg.train.deterministic
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
@@ -200,11 +206,12 @@ def train_loader(ds: Dataset, batch_size: int, seed: int, ctx: DistContext, num_
         chosen = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         drop_last = len(chosen) > local  # never a last batch of 1 (BatchNorm), unless the set is tiny
     return DataLoader(ds, batch_size=local, sampler=chosen, drop_last=drop_last, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, worker_init_fn=loader_worker_init)
 
 
 def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      worker_init_fn=loader_worker_init)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -389,7 +396,7 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Pa
             summary = {"run_dir": str(run_dir), "model": cfg.model.name, "epochs": cfg.train.epochs,
                        "best_val_acc": trainer.best_acc, "checkpoint": str(best),
                        "test": test_model(model, tests, cfg, device), "history": history,
-                       "fingerprint": fp["fingerprint"]}
+                       "fingerprint": fp["fingerprint"], "threads": threads.record()}
             atomic_write_json(run_dir / "summary.json", summary)
             report.plot_curves(history, run_dir / "curves.png", title=f"{cfg.name}: {cfg.model.name}")
             if not quiet:
@@ -428,6 +435,7 @@ def resolve_train_config(config: str | None, overrides: list[str], resume: str |
     if resume is not None:
         resume = check_path_arg(resume, "--resume")
         state = load_checkpoint(resume)
+        expect_kind(state, CLASSIFIER_KINDS, "leancnn train --resume", "a classifier run")
         cfg = (load_config(config, overrides) if config else
                from_dict(ExperimentConfig, apply_overrides(to_dict(config_from_checkpoint(state)), overrides)))
         return cfg, out or Path(state["path"]).parent
@@ -440,6 +448,7 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
     with DDP. The launcher validates everything first (config, data layout over ``nproc`` processes, run
     directory), so a mistake is reported once, before any worker starts."""
     cfg, out = resolve_train_config(config, overrides, resume, out)
+    check_run_output(out or default_run_dir(cfg), config, resume, cfg.model.init, data_inputs("digits"))
     if nproc < 1:
         raise LeancnnError(f"--nproc-per-node must be >= 1, got {nproc}")
     if nproc == 1 or world_size_from_env() > 1:  # one process, or already a torchrun worker
@@ -457,18 +466,21 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
 
 def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, split: str = "test",
                         device: str = "auto", plot_variance: str | Path | None = None,
-                        progress: bool | None = None) -> dict[str, dict]:
+                        progress: bool | None = None, force: bool = False) -> dict[str, dict]:
     """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on).
 
     ``plot_variance``: also write a PNG of per-sample feature variance (Bias Loss's diversity signal)
-    against correctness. ``progress``: a bar per domain on stderr (default: when stdout is a terminal)."""
+    against correctness (an existing file is replaced only with ``force``). ``progress``: a bar per domain on
+    stderr (default: when stdout is a terminal)."""
     if progress is None:
         progress = progress_enabled(DistContext())
     if plot_variance is not None:  # a bad plot path fails now, not after the whole evaluation
         report.figure_format(plot_variance, "--plot-variance")
-        check_writable_file(plot_variance, "--plot-variance")
+        check_output(plot_variance, checkpoint_inputs(path, "evaluated"), "--plot-variance")
+        check_output_file(plot_variance, force, "--plot-variance")
     dev = resolve_device(device)
     state = load_checkpoint(path, dev)
+    expect_kind(state, CLASSIFIER_KINDS, "leancnn evaluate", "a classifier run")
     cfg = config_from_checkpoint(state)
     model = build_model(cfg)
     load_model_state(model, state, f"checkpoint '{state['path']}'")

@@ -34,10 +34,11 @@ from ..data import DOMAINS
 from ..errors import LeancnnError
 from ..models import get_model_entry
 from ..nn import count_macs, count_params
+from ..outputs import check_output, check_output_dir
 from ..train import load_checkpoint, load_model_state
 from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
 from .lodo import run_lodo, table
-from .runs import check_path_arg, held_run_files
+from .runs import check_path_arg, checkpoint_inputs, data_inputs, held_run_files
 
 N_STAGES = 6
 
@@ -347,11 +348,28 @@ def bias_loss_sections(cfg: ExperimentConfig, summary: dict, model, out: Path) -
     return [("Bias Loss diagnostics", text)]
 
 
-def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool = False) -> Path:
+def _threads_text(summary: dict) -> str:
+    """``threads auto: 2, then 1 from 12 s (0.9 CPU busy elsewhere)`` from a run's ``summary["threads"]``."""
+    rec = summary.get("threads") or {}
+    choices = rec.get("choices") or []
+    if not choices:
+        return "threads: not recorded"
+    steps = [f"{c['threads']}" + (f" from {c['t']:g} s" if c["t"] else "")
+             + (f" ({c['busy']:.1f} CPU busy elsewhere)" if c.get("busy") is not None else "") for c in choices]
+    return f"threads {rec.get('setting')} ({rec.get('source')}): " + ", then ".join(steps)
+
+
+def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool = False,
+             config_file: str | Path | None = None) -> Path:
     """Run every stage and write ``<run>/report.md``; returns its path. A directory that already holds a demo
-    is refused unless ``force`` (stage 2's runs are then reused where their fingerprints match)."""
+    is refused unless ``force`` (stage 2's runs are then reused where their fingerprints match; every stage
+    replaces only the files it wrote, other files stay). ``out`` may not be, lie inside or hold the config file
+    (``config_file``), the ``model.init`` weights or the cached data."""
     start = time.perf_counter()
     out = check_path_arg(out, "-o") or Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    inputs = [("config file", config_file), *checkpoint_inputs(cfg.model.init, "model.init"),
+              *data_inputs("digits", "video")]
+    check_output_dir(check_output(out, inputs, "-o"))
     if not force and ((out / "report.md").exists() or held_run_files(out / "train")):
         raise LeancnnError(f"'{out}' already holds a demo; add --force to replace it, or choose another -o")
     print(f"[demo 1/{N_STAGES}] training {cfg.model.name} with loss '{cfg.loss.name}' on {', '.join(cfg.data.domains)} "
@@ -368,7 +386,7 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
         ("Setup", f"- model: `{cfg.model.name}`, {count_params(model):,} parameters, "
                   f"{count_macs(model, size) / 1e6:.2f}M MACs at {'x'.join(map(str, size))}\n"
                   f"- data: digit domains {', '.join(cfg.data.domains)} (train/val/test split seed "
-                  f"{cfg.data.split_seed})\n- machine: {report.machine_description()}, {torch.get_num_threads()} torch threads\n"
+                  f"{cfg.data.split_seed})\n- machine: {report.machine_description()}; stage 1 {_threads_text(summary)}\n"
                   f"- run directory: `{summary['run_dir']}` (config.yaml, metrics.jsonl, best.pt, last.pt)"),
         ("Classification: test accuracy per domain", table + "\n\nBest validation accuracy "
          f"{100 * summary['best_val_acc']:.2f}%; last epoch trained at {last['train_images_per_s']:.0f} images/s."),

@@ -23,14 +23,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .. import report
+from .. import report, threads
 from ..config import VideoConfig, VideoDataConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
 from ..data import video as vdata
 from ..errors import LeancnnError
-from ..io import atomic_write_json, check_writable_file
+from ..io import atomic_write_json
 from ..models import create_model, get_model_entry
 from ..models.movinet import MoViNet, detach_state
 from ..nn import count_macs
+from ..outputs import check_output, check_output_file
 from ..train import (
     DistContext,
     Trainer,
@@ -47,6 +48,10 @@ from .runs import (
     agree,
     check_path_arg,
     check_run_dir,
+    check_run_output,
+    checkpoint_inputs,
+    data_inputs,
+    expect_kind,
     resolve_checkpoint,
     resolve_device,
     restore_trainer,
@@ -219,8 +224,11 @@ def evaluate_video_model(model: nn.Module, cfg: VideoConfig, device: torch.devic
     return out
 
 
-def load_video_model(path: str | Path, device: torch.device) -> tuple[nn.Module, VideoConfig, dict]:
+def load_video_model(path: str | Path, device: torch.device, command: str = "leancnn video",
+                     need: str = "a video run") -> tuple[nn.Module, VideoConfig, dict]:
+    """The model, config and checkpoint of a video run; a run of another kind is refused naming both kinds."""
     state = load_checkpoint(path, device)
+    expect_kind(state, ("video",), command, need)
     try:
         cfg = from_dict(VideoConfig, state.get("config") or {})
     except LeancnnError as e:
@@ -233,7 +241,7 @@ def load_video_model(path: str | Path, device: torch.device) -> tuple[nn.Module,
 def evaluate_checkpoint(path: str | Path, split: str = "test", device: str = "auto",
                         progress: bool | None = None) -> dict:
     dev = resolve_device(device)
-    model, cfg, _ = load_video_model(resolve_checkpoint(path), dev)
+    model, cfg, _ = load_video_model(resolve_checkpoint(path), dev, "leancnn video evaluate")
     if progress is None:
         progress = progress_enabled(DistContext())
     return evaluate_video_model(model, cfg, dev, split, progress)
@@ -255,8 +263,7 @@ def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | P
     model = check_video_experiment(cfg, world_size_from_env())
     device, ctx = start_process(cfg.train.device)
     try:
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        threads.apply(cfg.train.threads)  # auto: the machine's free cores, followed as the run goes
         seed_everything(cfg.train.seed + ctx.rank)
         train_ds = video_dataset(cfg.data, "train", augment=cfg.data.augment, seed=cfg.train.seed)
         val_ds = video_dataset(cfg.data, "val")
@@ -289,7 +296,7 @@ def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | P
             summary = {"run_dir": str(run_dir), "model": cfg.model.name, "epochs": cfg.train.epochs,
                        "sub_clip": cfg.train.sub_clip, "best_val_acc": trainer.best_acc, "checkpoint": str(best),
                        "test": evaluate_video_model(model, cfg, device), "history": history,
-                       "fingerprint": fp["fingerprint"]}
+                       "fingerprint": fp["fingerprint"], "threads": threads.record()}
             atomic_write_json(run_dir / "summary.json", summary)
             report.plot_curves(history, run_dir / "curves.png", title=f"{cfg.name}: {cfg.model.name}")
             if not quiet:
@@ -314,6 +321,7 @@ def result_rows(results: dict) -> list[list]:
 def resolve_video_config(config: str | None, overrides: list[str], resume: str | None) -> VideoConfig:
     if resume is not None:
         state = load_checkpoint(check_path_arg(resume, "--resume"))
+        expect_kind(state, ("video",), "leancnn video train --resume", "a video run")
         if not config:
             return from_dict(VideoConfig, apply_overrides(dict(state.get("config") or {}), overrides))
     return load_config(config, overrides, cls=VideoConfig)
@@ -329,6 +337,7 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
     cfg = resolve_video_config(config, overrides, resume)
     if resume is not None and out is None:
         out = Path(load_checkpoint(resume)["path"]).parent
+    check_run_output(out or default_run_dir(cfg), config, resume, data=data_inputs("video", "digits"))
     if nproc < 1:
         raise LeancnnError(f"--nproc-per-node must be >= 1, got {nproc}")
     if nproc == 1 or world_size_from_env() > 1:
@@ -344,10 +353,12 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
     return launch(nproc, argv)
 
 
-def write_preview(config: str | None, overrides: list[str], out: str | Path) -> Path:
+def write_preview(config: str | None, overrides: list[str], out: str | Path, force: bool = False) -> Path:
+    """``leancnn video preview``: a PNG of example clips (an existing file is replaced only with ``force``)."""
     cfg = load_config(config, overrides, cls=VideoConfig)
     report.figure_format(out, "-o")
-    check_writable_file(out, "-o")
+    check_output(out, [("config file", config), *data_inputs("video", "digits")], "-o")
+    check_output_file(out, force, "-o")
     return Path(vdata.save_preview(data_spec(cfg.data), out))
 
 
@@ -364,7 +375,7 @@ def evaluate_ensemble(paths: list[str | Path], split: str = "test", device: str 
         raise LeancnnError("an ensemble needs at least two checkpoints")
     dev = resolve_device(device)
     progress = progress_enabled(DistContext()) if progress is None else progress
-    members = [load_video_model(resolve_checkpoint(p), dev) for p in paths]
+    members = [load_video_model(resolve_checkpoint(p), dev, "leancnn video ensemble") for p in paths]
     k = len(members)
     base = members[0][1].data
     for (_, cfg, st), p in zip(members, paths):
@@ -415,7 +426,7 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 
 def stream_command(source: str | None, synthetic: str | None, model_arg: str, frames: int = 128,
                    max_frames: int | None = None, every: int = 16, topk: int = 3, chunk: int = 1,
-                   size: str | None = None, threads: int = 0, fused: bool = False):
+                   size: str | None = None, threads: int | str | None = None, fused: bool = False):
     """``leancnn video stream``: yields the lines to print (a header, one line per report, a footer).
     ``fused``: stream through ``model.fuse_for_inference()`` (the same logits, about 2x faster on the CPU)."""
     if (source is None) == (synthetic is None):
@@ -425,10 +436,15 @@ def stream_command(source: str | None, synthetic: str | None, model_arg: str, fr
             raise LeancnnError(f"{name} must be >= 1, got {v}")
     if max_frames is not None and max_frames < 1:
         raise LeancnnError(f"--max-frames must be >= 1, got {max_frames}")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    from ..threads import apply as apply_threads
+
+    try:
+        gov = apply_threads(threads, "--threads")  # auto (None): the machine's free cores, followed per frame
+    except ValueError as e:
+        raise LeancnnError(str(e)) from None
+    gov.start_trial()  # batch-1 steps: keep a second thread only if it is measurably faster
     h, w = parse_size(size)
-    model, h, w = load_stream_model(model_arg, h, w, torch.device("cpu"))
+    model, h, w = load_stream_model(model_arg, h, w, torch.device("cpu"), "leancnn video stream --model")
     labels = list(vdata.ACTIONS) if model.classifier[-1].out_channels == len(vdata.ACTIONS) else None
     name = getattr(model, "model_name", "the model")
     if fused:
@@ -443,7 +459,7 @@ def stream_command(source: str | None, synthetic: str | None, model_arg: str, fr
         except ValueError as e:
             raise LeancnnError(str(e)) from None
         what = f"{info['kind']} '{source}' ({info.get('frames') or '?'} frames of {info['height']}x{info['width']})"
-    yield f"streaming {what} through {name} at {h}x{w}, {chunk} frame(s) a step"
+    yield f"streaming {what} through {name} at {h}x{w}, {chunk} frame(s) a step; {gov.describe()}"
     lines = []
     try:
         reports = stream(model, it, (h, w), every, topk, labels, on_report=lambda r: lines.append(r), chunk=chunk)
@@ -457,6 +473,7 @@ def stream_command(source: str | None, synthetic: str | None, model_arg: str, fr
     if len(rss) > 1:
         yield (f"resident memory from the first to the last report: {rss[0]:.0f} -> {rss[-1]:.0f} MiB "
                f"({100 * (rss[-1] - rss[0]) / max(rss[0], 1e-9):+.1f}%); the state stays {reports[-1]['state_mib']:.2f} MiB")
+    yield f"at the end, {gov.describe()}"
 
 
 def current_rss() -> int:
@@ -472,6 +489,10 @@ def current_rss() -> int:
 
 def synthetic_frames(action: str | None, frames: int, height: int, width: int, seed: int = 0):
     """A long synthetic video: test clips of one action (random when None) back to back, as uint8 RGB frames."""
+    lo, hi = vdata.SIDE_RANGE
+    if not (lo <= height <= hi and lo <= width <= hi):
+        raise LeancnnError(f"--size {height}x{width}: a synthetic moving-digits video is {lo} to {hi} pixels a side "
+                           "(HxW)")
     spec = vdata.MovingDigitsSpec(frames=16, height=height, width=width, train=10, val=10, test=max(10, 2 * 10),
                                   seed=seed)
     clips, labels = vdata.load_moving_digits(spec, "test")
@@ -512,6 +533,7 @@ def stream(model: MoViNet, frames, size: tuple[int, int], every: int = 16, topk:
             on_report(rec)
 
     model.eval()
+    last = time.perf_counter()
     with torch.inference_mode():
         for frame in frames:
             t = torch.tensor(np.asarray(frame), device=p.device).permute(2, 0, 1).float().div_(255)
@@ -522,7 +544,11 @@ def stream(model: MoViNet, frames, size: tuple[int, int], every: int = 16, topk:
                 continue
             clip = torch.stack(buf, 1)[None].to(p.dtype)
             buf = []
+            threads.tick()  # under threads=auto: follow the machine's load (cheap between re-checks)
             logits, state = model.stream_step(clip, state)
+            now = time.perf_counter()
+            threads.observe(now - last)  # a whole step (frames in, resize, model) for a thread trial, if one runs
+            last = now
             before = seen
             seen += clip.shape[2]
             if seen // every > before // every:
@@ -541,16 +567,18 @@ def stream(model: MoViNet, frames, size: tuple[int, int], every: int = 16, topk:
 
 
 def export_checkpoint(path: str | Path, out: str | Path, height: int | None = None, width: int | None = None,
-                      frames: int = 1, check_frames: int = 8) -> dict:
+                      frames: int = 1, check_frames: int = 8, force: bool = False) -> dict:
     """Export a stream run's (or a registered stream model's, random weights) stream step to ONNX and check it:
-    onnxruntime, frame by frame over ``check_frames`` frames, against PyTorch's stream step."""
+    onnxruntime, frame by frame over ``check_frames`` frames, against PyTorch's stream step. An existing ``out``
+    is replaced only with ``force``; ``out`` is never the run, its checkpoint, nor inside or holding them."""
     from ..export import OnnxStream, export_stream_step
 
     out = check_path_arg(out, "-o")
+    check_output(out, checkpoint_inputs(path, "model") if Path(str(path)).exists() else [], "-o")
     if out.suffix != ".onnx":
         raise LeancnnError(f"-o must name an .onnx file, got '{out}'")
-    check_writable_file(out, "-o")
-    model, h, w = load_stream_model(path, height, width, torch.device("cpu"))
+    check_output_file(out, force, "-o")
+    model, h, w = load_stream_model(path, height, width, torch.device("cpu"), "leancnn video export")
     try:
         export_stream_step(model, out, h, w, batch=1, frames=frames)
     except ValueError as e:
@@ -568,24 +596,29 @@ def export_checkpoint(path: str | Path, out: str | Path, height: int | None = No
             "checked_frames": check_frames, "bytes": out.stat().st_size}
 
 
-def load_stream_model(path_or_name: str, height: int | None, width: int | None, device: torch.device
-                      ) -> tuple[MoViNet, int, int]:
+def load_stream_model(path_or_name: str, height: int | None, width: int | None, device: torch.device,
+                      command: str = "leancnn video stream") -> tuple[MoViNet, int, int]:
     """A trained stream run (checkpoint or run directory) or a registered stream model with random weights,
-    and the frame size to use (the run's training size unless given)."""
+    and the frame size to use (the run's training size unless given). A run or model of another kind (a
+    classifier, a registration run) is refused in one line naming both kinds."""
+    need = "a video stream model (a stream run, or a registered movinet_aX_stream)"
     p = Path(str(path_or_name))
     if p.exists():
-        model, cfg, _ = load_video_model(resolve_checkpoint(p), device)
+        model, cfg, _ = load_video_model(resolve_checkpoint(p), device, command, need)
         h, w = height or cfg.data.height, width or cfg.data.width
     else:
         try:
             entry = get_model_entry(str(path_or_name))
         except LeancnnError:
             raise LeancnnError(f"'{path_or_name}' is neither a checkpoint/run directory nor a registered model")
+        if len(entry.input_size) != 4:  # (C, H, W): an image model
+            raise LeancnnError(f"'{entry.name}' is a registered classifier (an image model, input "
+                               f"{'x'.join(map(str, entry.input_size))}), but `{command}` needs {need}")
         model = create_model(entry.name).to(device).eval()
         h, w = height or entry.input_size[2], width or entry.input_size[3]
     if not is_stream_model(model):
-        raise LeancnnError(f"'{path_or_name}' is not a stream model (movinet_aX_stream): only stream models "
-                           "keep a state frame by frame")
+        raise LeancnnError(f"'{path_or_name}' is a video clip model, not a stream model, but `{command}` needs "
+                           f"{need}: only stream models keep a state frame by frame")
     return model, h, w
 
 

@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import threads
 from ..errors import LeancnnError
 from ..io import append_jsonl, atomic_write_text
 from ..nn.layout import contiguous_state, convert_model, match_optimizer_state, model_memory_format, to_device
@@ -98,6 +99,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, desc: str
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
+        threads.tick()
         x, y = split_batch(batch)
         x, y = to_device(x, device, memory_format), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -359,6 +361,7 @@ class Trainer:
         bar = tqdm(self.task.batches(self), desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                    total=self.task.num_batches(self), disable=not progress_enabled(self.dist))
         for batch in bar:
+            threads.tick()  # under threads=auto: follow the machine's load (cheap between re-checks)
             self.optimizer.zero_grad(set_to_none=True)
             step_sums = self.task.train_step(self, batch)
             self.optimizer_step()
@@ -372,6 +375,9 @@ class Trainer:
         record = self.task.train_metrics(sums, self)
         samples = sums.get("samples", sums.get("n", 0.0))
         record.update({f"train_{self.unit}_per_s": samples / seconds, "train_seconds": seconds})
+        gov = threads.current()
+        if gov is not None:  # the thread count at the epoch's end (the run's summary has every change)
+            record["threads"] = gov.threads
         return record
 
     def fit(self, resume: str | Path | dict | None = None) -> list[dict]:
@@ -429,5 +435,5 @@ class Trainer:
         extra = self.task.describe(r, self)
         if extra:
             parts.append(extra)
-        parts.append(f"{r[rate]:.0f} {self.unit}/s")
+        parts.append(f"{r[rate]:.0f} {self.unit}/s" + (f" ({r['threads']} thr)" if "threads" in r else ""))
         print("  ".join(parts), flush=True)
