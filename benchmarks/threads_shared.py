@@ -125,10 +125,10 @@ def rate(name: str, result: dict, stdout: str, key: str) -> float:
 UNITS = {"train": "images/s", "register predict": "pairs/s", "video stream": "frames/s"}
 
 
-def measure(repeats: int, inputs: dict) -> list[dict]:
+def measure(repeats: int, inputs: dict, workloads=tuple(UNITS)) -> list[dict]:
     rows = []
     for rep in range(repeats):
-        jobs = [(w, c, s) for w in UNITS for c in CONDITIONS for s in SETTINGS]
+        jobs = [(w, c, s) for w in workloads for c in CONDITIONS for s in SETTINGS]
         random.Random(rep).shuffle(jobs)
         for i, (w, c, s) in enumerate(jobs):
             flags, env = SETTINGS[s]
@@ -187,6 +187,12 @@ def demo(repeats: int) -> str:
                     load.stop()
             out.append({"repeat": rep, "condition": c, "seconds": result["wall"]})
             print(f"[demo {rep}] {c}: {result['wall']:.0f} s", flush=True)
+    (bench_dir("threads") / "demo.json").write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"),
+                                                                "rows": out}, indent=1))
+    return demo_table(out, repeats)
+
+
+def demo_table(out: list[dict], repeats: int) -> str:
     lines = ["| repeat | quiet (s) | one hog (s) | hog / quiet |", "|---|---|---|---|"]
     for rep in range(repeats):
         q = next(r["seconds"] for r in out if r["repeat"] == rep and r["condition"] == "idle")
@@ -200,19 +206,33 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--demo", action="store_true", help="also time the whole demo quiet and with one hog")
     ap.add_argument("--demo-repeats", type=int, default=1)
+    ap.add_argument("--workloads", nargs="+", choices=list(UNITS), default=list(UNITS),
+                    help="measure these again and keep the other workloads' rows of the last run (rows.json)")
     args = ap.parse_args()
     inputs = prepare()
-    rows = measure(args.repeats, inputs)
-    (bench_dir("threads") / "rows.json").write_text(json.dumps(rows, indent=1))
+    saved = bench_dir("threads") / "rows.json"
+    kept = [r for r in json.loads(saved.read_text()) if r["workload"] not in args.workloads] \
+        if saved.exists() and set(args.workloads) != set(UNITS) else []
+    rows = kept + measure(args.repeats, inputs, args.workloads)
+    saved.write_text(json.dumps(rows, indent=1))
     body = ("Rate per setting: the range over repeats, and in brackets the median ratio to the best setting of the "
             "same workload, condition and repeat (1.00 = the best). Training: `leancnn train` ResNet-20, one epoch of "
             "1,024 MNIST images, the engine's images/s. Registration: `leancnn register predict` of the 80 MR-US "
             "pairs with the default local network (configs/register_mrus.yaml), seconds per pair inverted. Video: "
             "`leancnn video stream --synthetic` through MoViNet-A0 stream, 320 frames, its frames/s. One hog: "
-            "`stress-ng --cpu 1` (leancnn's CpuLoad) for the whole command.\n\n" + table(rows))
+            "`stress-ng --cpu 1` (leancnn's CpuLoad) for the whole command."
+            + (f" The {', '.join(sorted({r['workload'] for r in kept}))} rows are kept from the previous run of this "
+               f"script; {', '.join(args.workloads)} measured again in this one." if kept else "")
+            + "\n\n" + table(rows))
+    demo_text = ("\n\nThe whole `leancnn demo` (warm data cache, `-o` replaced each time), quiet and with one hog "
+                 "for the whole run, at the default threads")
+    saved_demo = bench_dir("threads") / "demo.json"
     if args.demo:
-        body += ("\n\nThe whole `leancnn demo` (warm data cache, `-o` replaced each time), quiet and with one hog "
-                 "for the whole run, at the default threads:\n\n" + demo(args.demo_repeats))
+        body += demo_text + ":\n\n" + demo(args.demo_repeats)
+    elif saved_demo.exists():  # kept from the last run with --demo, and said so
+        d = json.loads(saved_demo.read_text())
+        reps = len({r["repeat"] for r in d["rows"]})
+        body += demo_text + f" (from the last run with `--demo`, {d['measured']}):\n\n" + demo_table(d["rows"], reps)
     print(body)
     write_section("benchmarks.md", "threads-shared", "Threads on a shared machine", body)
 
