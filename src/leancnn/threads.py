@@ -109,6 +109,7 @@ def cgroup_quota(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path
 
 
 def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (``os.sched_getaffinity``; all of them where that is missing)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):

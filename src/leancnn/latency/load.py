@@ -114,8 +114,10 @@ def stress_ng_path() -> str | None:
 
 
 def allowed_cpus() -> list[int]:
-    """The CPUs this process may run on (``os.sched_getaffinity``): the limit on load workers."""
-    return sorted(os.sched_getaffinity(0))
+    """The CPUs this process may run on: the limit on load workers (one definition, in :mod:`leancnn.threads`)."""
+    from ..threads import allowed_cpus as cpus
+
+    return cpus()
 
 
 # ------------------------------------------------------------------------------------------------- the spec
