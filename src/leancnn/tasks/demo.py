@@ -54,12 +54,13 @@ DEMO_CONFIG = {
 }
 
 
-# Stage 2: leave-one-domain-out with and without MixStyle (short: one target, one seed, 2 epochs, 4,500 images;
-# 6,000 before the registration stage needed its share of the 5-minute budget).
+# Stage 2: leave-one-domain-out with and without MixStyle (short: one target, one seed, 2 epochs, 2,560 images;
+# 6,000 before the registration stage needed its share of the 5-minute budget, 4,500 before the threads work
+# took the demo on an empty cache to 307 s).
 DEMO_LODO = {
     "name": "demo-lodo",
     "model": {"name": "resnet20", "mixstyle": {"after": ["layer1", "layer2"], "p": 0.5, "alpha": 0.1}},
-    "data": {"batch_size": 128, "limit_train": 4500},
+    "data": {"batch_size": 128, "limit_train": 2560},
     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
     "schedule": {"name": "cosine", "warmup_epochs": 0.5},
     "train": {"epochs": 2},
@@ -96,11 +97,12 @@ def mixstyle_section(cfg: ExperimentConfig, out: Path) -> tuple[str, str]:
     return "MixStyle: leave-one-domain-out", text
 
 
-# Stage 3: a brief A0-stream run (about 25 s on 2 cores), then a long synthetic video streamed through it.
+# Stage 3: a brief A0-stream run (256 clips, 2 epochs: about 35 s on 2 cores; 400 clips before the threads
+# work took the demo on an empty cache past 300 s), then a long synthetic video streamed through it.
 DEMO_VIDEO = {
     "name": "demo-video",
     "model": {"name": "movinet_a0_stream", "bn_momentum": 0.1},
-    "data": {"frames": 16, "height": 32, "width": 32, "train": 400, "val": 100, "test": 200, "batch_size": 16},
+    "data": {"frames": 16, "height": 32, "width": 32, "train": 256, "val": 64, "test": 160, "batch_size": 16},
     "optim": {"name": "adamw", "lr": 0.004, "weight_decay": 0.05},
     "schedule": {"name": "cosine", "warmup_epochs": 0.25},
     "train": {"epochs": 2, "grad_clip": 1.0},
