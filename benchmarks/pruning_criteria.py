@@ -30,7 +30,7 @@ from _common import bench_dir, write_section  # noqa: E402
 
 from leancnn.config import ExperimentConfig, from_dict, to_dict  # noqa: E402
 from leancnn.prune import compute_scores, prune_with_scores, ratio_for_target  # noqa: E402
-from leancnn.prune.blend import BlendSpace, evolve  # noqa: E402
+from leancnn.prune.search import BlendSpace, evolve  # noqa: E402
 from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations  # noqa: E402
 from leancnn.report import fmt_mean_std, format_table  # noqa: E402
 from leancnn.tasks.classify import build_datasets, test_model, train_cached  # noqa: E402

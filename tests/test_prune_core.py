@@ -27,7 +27,8 @@ from leancnn.prune import (
     prune_with_scores,
     ratio_for_target,
 )
-from leancnn.prune.structural import _graph, _MacsModel
+from leancnn.prune.graph import _graph
+from leancnn.prune.plan import _MacsModel
 
 X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -92,6 +93,7 @@ def _rand_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 # ------------------------------------------------------------------------------------------------ pruning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv3_small", "skipnet_xs", "digits_cnn", "catnet"])
 def test_prune_to_half_macs(name):
     model = _model(name).eval()

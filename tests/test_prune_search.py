@@ -10,15 +10,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from leancnn.errors import LeancnnError
-from leancnn.prune.blend import (
-    BlendedCriterion,
-    BlendSpace,
-    depth_buckets,
-    evolve,
-    normalize_scores,
-    project_simplex,
-    seed_population,
-)
+from leancnn.prune.blend import BlendedCriterion, depth_buckets
+from leancnn.prune.normalise import normalise_scores
+from leancnn.prune.search import BlendSpace, evolve, project_simplex, seed_population
 from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations
 
 CRITERIA = ["l1", "l2", "fpgm", "bn", "taylor", "random"]
@@ -108,6 +102,7 @@ def test_representative_rules_and_network_only():
     assert len(cluster_criteria(scores, threshold=-1.0, per_layer=False).clusters) == 1
 
 
+@pytest.mark.slow
 def test_heatmap_png(tmp_path):
     res = cluster_criteria(synthetic_scores(5))
     path = plot_correlations(res, tmp_path / "corr.png")
@@ -141,16 +136,16 @@ def test_cluster_bad_input():
 
 
 def test_normalisations():
-    r = normalize_scores([3.0, 1.0, 3.0, 2.0], "rank")
+    r = normalise_scores([3.0, 1.0, 3.0, 2.0], "rank")
     assert np.allclose(r, [2.5 / 3, 0.0, 2.5 / 3, 1 / 3])
-    assert np.allclose(normalize_scores([2.0, 4.0, 3.0], "scale"), [0, 1, 0.5])
-    z = normalize_scores([1.0, 2.0, 3.0], "zscore")
+    assert np.allclose(normalise_scores([2.0, 4.0, 3.0], "scale"), [0, 1, 0.5])
+    z = normalise_scores([1.0, 2.0, 3.0], "zscore")
     assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
     for method, value in (("rank", 0.5), ("scale", 0.5), ("zscore", 0.0)):
-        assert np.all(normalize_scores(np.full(5, 7.0), method) == value)
-        assert np.all(normalize_scores([4.0], method) == value)
+        assert np.all(normalise_scores(np.full(5, 7.0), method) == value)
+        assert np.all(normalise_scores([4.0], method) == value)
     with pytest.raises(LeancnnError, match="unknown normalisation 'minmax'"):
-        normalize_scores([1.0, 2.0], "minmax")
+        normalise_scores([1.0, 2.0], "minmax")
 
 
 def test_one_hot_blend_reproduces_criterion_and_round_trips():
@@ -183,8 +178,8 @@ def test_per_cluster_weights_and_buckets():
     two = BlendedCriterion(["l1", "taylor"], [[1, 0], [0, 1]])
     out = two.blend(scores)
     first, last = list(scores)[0], list(scores)[-1]
-    assert np.allclose(out[first], normalize_scores(scores[first]["l1"]))
-    assert np.allclose(out[last], normalize_scores(scores[last]["taylor"]))
+    assert np.allclose(out[first], normalise_scores(scores[first]["l1"]))
+    assert np.allclose(out[last], normalise_scores(scores[last]["taylor"]))
     # a subset keeps its buckets when the full network order is given
     sub = two.blend({last: scores[last]}, order=list(scores))
     assert np.allclose(sub[last], out[last])
@@ -254,7 +249,7 @@ def test_seeded_search_is_never_worse_than_single_criteria():
     importance; the corners are evaluated first, so the result beats or ties every single candidate."""
     scores = synthetic_scores(6, seed=1)
     rng = np.random.default_rng(5)
-    truth = {g: 0.7 * normalize_scores(t["taylor"]) + 0.3 * normalize_scores(t["l2"]) + rng.normal(0, 0.05, t["l1"]
+    truth = {g: 0.7 * normalise_scores(t["taylor"]) + 0.3 * normalise_scores(t["l2"]) + rng.normal(0, 0.05, t["l1"]
              .size) for g, t in scores.items()}
     space = BlendSpace(tuple(cluster_criteria(scores).candidates()), buckets=2)
     assert space.n_params == 8

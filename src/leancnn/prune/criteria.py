@@ -3,7 +3,8 @@
 Every criterion is a small class with ``name``, ``needs_data`` and ``needs_grad``. Weight criteria look at the
 group's *root conv* (the classic single-layer criteria, not Torch-Pruning's group scores summed over all
 coupled layers); data-driven criteria accumulate statistics of the root conv's output over calibration
-batches through forward hooks (and one backward pass per batch for ``taylor``).
+batches through forward hooks (and one backward pass per batch for ``taylor``). A criterion computed from
+other criteria's scores (the blend of :mod:`leancnn.prune.blend`) derives from :class:`CompositeCriterion`.
 
 =========== ====== ========================================================================================
 name        data   score of output channel ``c``
@@ -50,10 +51,10 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from ..errors import LeancnnError
-from .structural import GroupInfo, _graph
+from .graph import GroupInfo, _graph
 
-__all__ = ["CRITERIA", "Criterion", "DataCriterion", "GroupContext", "ScoreTable", "compute_scores",
-           "get_criterion"]
+__all__ = ["CRITERIA", "CompositeCriterion", "Criterion", "DataCriterion", "GroupContext", "ScoreTable",
+           "compute_scores", "get_criterion"]
 
 
 @dataclass
@@ -80,6 +81,23 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class CompositeCriterion(Criterion):
+    """Base class of a criterion computed from other criteria's scores instead of from the model (a blend:
+    :class:`leancnn.prune.blend.BlendedCriterion`). ``criteria`` names its members; ``blend(scores)`` maps their
+    score table (``{group: {member: scores}}``, e.g. a :class:`ScoreTable` of the members) to ``{group: scores}``.
+    It has no score of its own per group (``score`` raises), so it is not given to :func:`compute_scores`: its
+    members are, and ``blend`` combines their table; :func:`leancnn.prune.prune_model` does both steps."""
+
+    criteria: tuple[str, ...] = ()
+
+    def blend(self, scores) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, ctx: GroupContext) -> np.ndarray:
+        raise LeancnnError(f"criterion '{self.name}' is computed from the scores of {list(self.criteria)}: compute "
+                           "those with compute_scores and combine them with its blend(table)")
 
 
 def _filters(ctx: GroupContext) -> torch.Tensor:
