@@ -25,8 +25,8 @@ from _common import DOCS, ROOT, bench_dir, write_section  # noqa: E402
 
 from leancnn.config import LatencyConfig, load_config  # noqa: E402
 from leancnn.latency import report as lreport  # noqa: E402
-from leancnn.latency import runner  # noqa: E402
 from leancnn.report import format_table  # noqa: E402
+from leancnn.tasks import latency as latency_task  # noqa: E402
 
 
 def _ms(v: float) -> str:
@@ -131,7 +131,7 @@ def main() -> None:
     cfg = load_config(args.config, cls=LatencyConfig)
     out = bench_dir("latency-cpu")
     resume = (out / "run.json").is_file() and not args.fresh
-    runner.run(cfg, out, resume=resume, force=args.fresh, report=False)
+    latency_task.run(cfg, out, resume=resume, force=args.fresh, report=False)
     a = cfg.analysis
     kw = dict(quantiles=tuple(a.quantiles), alpha=a.alpha, margin=a.margin, recommend_quantile=a.recommend_quantile,
               rule=a.recommend_rule)

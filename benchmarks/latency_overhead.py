@@ -5,7 +5,7 @@ onnxruntime, all at batch 1, 1 thread, idle), repeats alternate between:
 
 * **bare**: ``t0 = perf_counter(); for _ in range(n): fn(); t1 = perf_counter()``, the cost per call
   ``(t1 - t0) / n``: the least any harness can add;
-* **harness**: ``leancnn.latency.runner.measure({"m": fn}, n, block, rng)``, the function the runner uses
+* **harness**: ``leancnn.latency.measure.measure({"m": fn}, n, block, rng)``, the function ``latency run`` uses
   (randomised blocks, two clock reads around every call, one row per call, the young-generation GC between
   blocks, the GC off inside blocks), timed the same way from outside: its wall time per call.
 
@@ -32,20 +32,21 @@ import torch  # noqa: E402
 from _common import write_section  # noqa: E402
 
 from leancnn.config import LatencyConfig, from_dict  # noqa: E402
-from leancnn.latency import runner  # noqa: E402
+from leancnn.latency import measure  # noqa: E402
+from leancnn.tasks import latency as latency_task  # noqa: E402
 
 
 def workloads(calls: int) -> list[tuple[str, object, int]]:
     cfg = from_dict(LatencyConfig, {"models": [{"name": "digits_cnn"}, {"name": "resnet20"}],
                                     "grid": {"loads": [{"workers": 0}], "backends": ["eager", "onnxruntime"]}})
-    specs, conds, _ = runner.check_run(cfg)
+    specs, conds, _ = latency_task.check_run(cfg)
     eager, ort = conds
     cache: dict = {}
     return [
         ("empty function (pure harness cost)", lambda: None, calls * 20),
-        ("digits_cnn @ 32, PyTorch eager", runner.make_callable(specs[0], eager, cfg, cache), calls),
-        ("resnet20 @ 32, PyTorch eager", runner.make_callable(specs[1], eager, cfg, cache), calls // 4),
-        ("resnet20 @ 32, onnxruntime", runner.make_callable(specs[1], ort, cfg, cache), calls),
+        ("digits_cnn @ 32, PyTorch eager", measure.make_callable(specs[0], eager, cfg, cache), calls),
+        ("resnet20 @ 32, PyTorch eager", measure.make_callable(specs[1], eager, cfg, cache), calls // 4),
+        ("resnet20 @ 32, onnxruntime", measure.make_callable(specs[1], ort, cfg, cache), calls),
     ]
 
 
@@ -58,7 +59,7 @@ def bare(fn, n: int) -> float:
 
 def harness(fn, n: int, block: int, seed: int) -> tuple[float, float]:
     t0 = time.perf_counter()
-    r = runner.measure({"m": fn}, n, block, np.random.default_rng(seed))
+    r = measure.measure({"m": fn}, n, block, np.random.default_rng(seed))
     wall = (time.perf_counter() - t0) / n
     return wall, float(np.mean([row[3] for row in r["rows"]]))
 
@@ -102,7 +103,7 @@ def main() -> None:
     table = format_table(rows, ["workload (batch 1, 1 thread, idle)", "calls per repeat", "bare µs/call",
                                 "harness µs/call", "overhead µs/call", "overhead %",
                                 "recorded mean − bare µs", "goal µs (max of 1%, 20 µs)", "goal"], markdown=True)
-    body = (f"The timing harness of `leancnn latency run` (`latency.runner.measure`: randomised blocks of "
+    body = (f"The timing harness of `leancnn latency run` (`latency.measure.measure`: randomised blocks of "
             f"{args.block}, two `perf_counter_ns` reads around each call, a row per call, young-generation GC "
             f"between blocks) against a bare `for` loop timed as a whole, on the same callables, {args.repeats} "
             "repeats alternating which goes first; medians over repeats. *overhead*: the harness's wall time per "

@@ -23,7 +23,7 @@ from _common import bench_dir, write_section  # noqa: E402
 
 from leancnn import create_model  # noqa: E402
 from leancnn.config import LatencyConfig, from_dict  # noqa: E402
-from leancnn.latency import runner  # noqa: E402
+from leancnn.latency import measure  # noqa: E402
 from leancnn.nn.counting import count_macs, count_params  # noqa: E402
 from leancnn.prune import prune_model  # noqa: E402
 from leancnn.report import format_table  # noqa: E402
@@ -87,17 +87,17 @@ def main() -> None:
             for batch in args.batches:
                 cfg = from_dict(LatencyConfig, {"models": [{"name": name}], "grid": {"loads": [{"workers": 0}],
                                                 "backends": [backend], "batch_sizes": [batch]}})
-                cond = runner.plan_conditions(cfg)[0]
+                cond = measure.plan_conditions(cfg)[0]
                 fns = {}
                 for label, m in vs:
-                    spec = runner.ModelSpec(label, "registry", f"{name}-{label}", INPUT, "classifier", module=m)
-                    fns[label] = runner.make_callable(spec, cond, cfg, {})
+                    spec = measure.ModelSpec(label, "registry", f"{name}-{label}", INPUT, "classifier", module=m)
+                    fns[label] = measure.make_callable(spec, cond, cfg, {})
                 n = max(20, args.samples // max(1, batch // 8))
                 with torch.inference_mode():
                     for fn in fns.values():
                         for _ in range(5):
                             fn()
-                    r = runner.measure(fns, n, 10, np.random.default_rng(0))
+                    r = measure.measure(fns, n, 10, np.random.default_rng(0))
                 med = {label: float(np.median([row[3] for row in r["rows"] if row[0] == label])) for label in fns}
                 base_macs = count_macs(vs[0][1], INPUT)
                 for label, m in vs:

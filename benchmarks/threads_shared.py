@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, bench_dir, write_section  # noqa: E402
 
-from leancnn.latency.load import CpuLoad, LoadSpec  # noqa: E402
+from leancnn.latency.loads import CpuLoad  # noqa: E402
+from leancnn.loadspec import LoadSpec  # noqa: E402
 
 SETTINGS = {
     "auto": ([], {}),

@@ -21,21 +21,16 @@ import pytest
 from helpers.procs import default_sigint, proc_stat
 
 from leancnn.config import from_dict
+from leancnn import loadspec
 from leancnn.errors import ConfigError, LeancnnError
-from leancnn.latency import load as load_mod
-from leancnn.latency.load import (
-    CpuLoad,
-    CpuQuota,
-    LoadDiedError,
-    LoadSpec,
-    active_loads,
-    quota_support,
-    stop_all,
-    system_snapshot,
-)
+from leancnn.latency.cleanup import active_loads, stop_all
+from leancnn.latency.loads import CpuLoad, LoadDiedError
+from leancnn.latency.quota import CpuQuota, quota_support
+from leancnn.latency.system import system_snapshot
+from leancnn.loadspec import LoadSpec
 
 VICTIM = Path(__file__).parent / "helpers" / "load_victim.py"
-HAVE_STRESS_NG = load_mod.stress_ng_path() is not None
+HAVE_STRESS_NG = loadspec.stress_ng_path() is not None
 needs_stress_ng = pytest.mark.skipif(not HAVE_STRESS_NG, reason="stress-ng is not installed "
                                      "(run 'sh scripts/install_stress_ng.sh' as root to test that backend)")
 KINDS = ["python", pytest.param("stress-ng", marks=needs_stress_ng)]
@@ -72,6 +67,7 @@ def _wait_gone(pids, groups=(), within: float = 3.0) -> list[int]:
 # ----------------------------------------------------------------------------------------- load, share, cleanup
 
 
+@pytest.mark.slow
 def test_python_fallback_cpu_share_follows_the_duty_cycle_and_stops():
     with CpuLoad(LoadSpec(workers=1, percent=50, kind="python")) as load:
         assert load.kind_used == "python fallback"
@@ -92,6 +88,7 @@ def test_python_fallback_cpu_share_follows_the_duty_cycle_and_stops():
     assert not load.alive() and load not in active_loads()
 
 
+@pytest.mark.slow
 @needs_stress_ng
 def test_stress_ng_starts_consumes_cpu_and_stops():
     with CpuLoad(LoadSpec(workers=1, kind="stress-ng")) as load:
@@ -271,7 +268,7 @@ def test_validation_errors_name_the_key():
 
 
 def test_missing_stress_ng_when_demanded_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(load_mod, "stress_ng_path", lambda: None)
+    monkeypatch.setattr(loadspec, "stress_ng_path", lambda: None)
     with pytest.raises(LeancnnError, match=r"demands stress-ng.*scripts/install_stress_ng\.sh"):
         LoadSpec(workers=1, kind="stress-ng")
     LoadSpec(workers=0, kind="stress-ng")  # no load: nothing to run, nothing missing

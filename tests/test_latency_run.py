@@ -22,11 +22,14 @@ from helpers.procs import default_sigint, proc_stat
 
 from leancnn.cli import main
 from leancnn.config import LatencyConfig, from_dict
+from leancnn import loadspec
 from leancnn.errors import ConfigError, LeancnnError
-from leancnn.latency import load as load_mod
-from leancnn.latency import runner
+from leancnn.latency import measure
+from leancnn.latency.cleanup import active_loads
+from leancnn.latency.quota import quota_support
+from leancnn.tasks import latency as runner
 
-HAVE_STRESS_NG = load_mod.stress_ng_path() is not None
+HAVE_STRESS_NG = loadspec.stress_ng_path() is not None
 
 
 def cfg_of(**kw) -> LatencyConfig:
@@ -54,6 +57,7 @@ def read_conditions(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ the protocol
 
 
+@pytest.mark.slow
 def test_run_writes_interleaved_blocks_with_confounders_and_a_report(tmp_path):
     out = tmp_path / "run"
     summary = runner.run(cfg_of(), out, log=lambda s: None)
@@ -86,8 +90,8 @@ def test_block_order_is_randomised_and_seeded(tmp_path):
     import numpy as np
 
     fns = {m: (lambda: None) for m in "abcd"}
-    first = runner.measure(fns, 40, 2, np.random.default_rng(0))["rows"]
-    again = runner.measure(fns, 40, 2, np.random.default_rng(0))["rows"]
+    first = measure.measure(fns, 40, 2, np.random.default_rng(0))["rows"]
+    again = measure.measure(fns, 40, 2, np.random.default_rng(0))["rows"]
     order = [r[0] for r in first]
     assert order == [r[0] for r in again]
     blocks = [tuple(order[i:i + 8:2]) for i in range(0, len(order), 8)]  # the model order of each block
@@ -98,12 +102,13 @@ def test_time_budget_truncates_after_whole_blocks():
     import numpy as np
 
     fns = {"slow": lambda: time.sleep(0.01), "fast": lambda: None}
-    r = runner.measure(fns, 1000, 5, np.random.default_rng(0), budget_s=0.2)
+    r = measure.measure(fns, 1000, 5, np.random.default_rng(0), budget_s=0.2)
     assert r["truncated"] and 2 <= r["blocks"] < r["planned_blocks"]
     counts = {m: sum(1 for x in r["rows"] if x[0] == m) for m in fns}
     assert counts["slow"] == counts["fast"] == 5 * r["blocks"]
 
 
+@pytest.mark.slow
 def test_backends_and_a_stream_step_and_an_onnx_file(tmp_path):
     from leancnn import create_model
     from leancnn.export import export_model
@@ -129,7 +134,7 @@ def test_stream_step_callable_carries_the_state():
     spec.module.stream_step = lambda x, s, f=spec.module.stream_step: (steps.append(int(s["frame_count"])),
                                                                         f(x, s))[1]
     spec.module.forward = lambda x, state=None: spec.module.stream_step(x, state)
-    fn = runner.make_callable(spec, conds[0], cfg, {})
+    fn = measure.make_callable(spec, conds[0], cfg, {})
     with torch.inference_mode():
         for _ in range(3):
             fn()
@@ -149,7 +154,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, out, log=stop_after_first, report=False)
     assert [c["id"] for c in read_conditions(out)] == ["c01"]
-    assert load_mod.active_loads() == []
+    assert active_loads() == []
     with open(out / "samples.csv", "a") as f:  # a condition killed mid-way: rows without a conditions.jsonl line
         f.write("c02,digits_cnn,0,0,0.5,0.1\nc02,resnet20,0,0,0.5,0.2\nc02,dig")
     before = [r for r in read_samples(out) if r["condition"] == "c01"]
@@ -175,15 +180,15 @@ def test_a_load_that_dies_midrun_is_recorded(tmp_path):
 
     def kill_load(done, total):
         if done == 1:
-            for load in load_mod.active_loads():
+            for load in active_loads():
                 for pid in load.pids:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
 
-    rec, rows = runner.run_condition(cond, specs, cfg, {}, np.random.default_rng(0), kill_load)
+    rec, rows = measure.run_condition(cond, specs, cfg, {}, np.random.default_rng(0), kill_load)
     assert rec["load_died"] and "still running" in rec["load_died"]["message"]
     assert rec["status"] == "done" and rec["blocks"] == 1 and len(rows) == 2 * 5
-    assert load_mod.active_loads() == []
+    assert active_loads() == []
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -221,7 +226,7 @@ def test_unreadable_onnx_and_missing_stress_ng_are_errors_before_measuring(tmp_p
 
         good = export_model(create_model("digits_cnn").eval(), tmp_path / "g.onnx", (1, 3, 32, 32))
         runner.check_run(cfg_of(models=[{"onnx": str(good)}]))
-    monkeypatch.setattr(load_mod, "stress_ng_path", lambda: None)
+    monkeypatch.setattr(loadspec, "stress_ng_path", lambda: None)
     with pytest.raises(ConfigError, match="stress-ng"):
         cfg_of(grid={"loads": [{"workers": 1, "kind": "stress-ng"}]})
 
@@ -233,7 +238,7 @@ def test_quick_shrinks_any_config():
                  "backends": ["onnxruntime", "eager"], "quotas": [0.5]}}))
     assert len(cfg.models) == 3 and [ld.workers for ld in cfg.grid.loads] == [0, 1]
     assert cfg.grid.threads == [2] and cfg.grid.backends == ["onnxruntime"] and cfg.grid.quotas == []
-    assert cfg.protocol.samples == 60 and len(runner.plan_conditions(cfg)) == 2
+    assert cfg.protocol.samples == 60 and len(measure.plan_conditions(cfg)) == 2
 
 
 def test_quota_condition_runs_or_is_skipped_with_the_reason(tmp_path):
@@ -242,7 +247,7 @@ def test_quota_condition_runs_or_is_skipped_with_the_reason(tmp_path):
     out = tmp_path / "run"
     runner.run(cfg, out, log=lambda s: None, report=False)
     (rec,) = read_conditions(out)
-    ok, why = load_mod.quota_support()
+    ok, why = quota_support()
     if ok:
         assert rec["status"] == "done" and rec["load_kind_used"].startswith("cgroup v")
         assert rec["label"].startswith("quota 0.5 CPU")
@@ -274,6 +279,7 @@ def _alive_in(groups: set[int]) -> list[int]:
     return left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["python", pytest.param("stress-ng", marks=pytest.mark.skipif(
     not HAVE_STRESS_NG, reason="stress-ng is not installed"))])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -312,6 +318,7 @@ def test_real_signal_midrun_leaves_no_load_process(tmp_path, kind, sig):
     assert (out / "run.json").is_file() and read_conditions(out) == []  # nothing half-recorded
 
 
+@pytest.mark.slow
 def test_cli_report_and_compare(tmp_path, capsys):
     cfg = cfg_of(grid={"loads": [{"workers": 0}]})
     for name in ("a", "b"):
@@ -333,6 +340,7 @@ def _rewrite_samples(run_dir: Path, keep) -> None:
     (run_dir / "samples.csv").write_text(lines[0] + "".join(ln for ln in lines[1:] if keep(ln.split(","))))
 
 
+@pytest.mark.slow
 def test_report_refuses_missing_samples_and_resume_measures_exactly_those(tmp_path, capsys):
     out = tmp_path / "run"
     cfg = cfg_of(grid={"loads": [{"workers": 0}, {"workers": 1, "kind": "python"}, {"workers": 0, "percent": 50}]})
@@ -372,6 +380,7 @@ def test_report_refuses_missing_samples_and_resume_measures_exactly_those(tmp_pa
     assert sum(r["condition"] == last for r in rows) == 20 and main(["latency", "report", str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_the_printed_resume_hint_resumes(tmp_path, capsys, monkeypatch):
     import shlex
 

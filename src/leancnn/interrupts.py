@@ -3,12 +3,12 @@
 * The command's process turns SIGTERM into :class:`~leancnn.errors.Terminated`, a ``KeyboardInterrupt``
   (:func:`sigterm_raises`, installed by ``leancnn.cli.main``), so both signals unwind through the same cleanup:
   ``finally`` blocks, staged ``<out>.partial`` folders (:func:`leancnn.io.staged_dir`), load processes
-  (``latency/load.py`` chains its handlers to this one), worker pools. The CLI prints ``interrupted`` and exits
+  (``latency/cleanup.py`` chains its handlers to this one), worker pools. The CLI prints ``interrupted`` and exits
   with 130 (SIGINT) or 143 (SIGTERM).
 * Worker processes leave the decision to their parent. Ctrl-C in a terminal reaches the whole process group;
   a ``kill`` may reach the parent only, or the group:
 
-  - the evolutionary search's ``multiprocessing`` pool (``prune/blend.py``) ignores SIGINT, dies of SIGTERM and
+  - the evolutionary search's ``multiprocessing`` pool (``prune/search.py``) ignores SIGINT, dies of SIGTERM and
     of its parent's death; the parent terminates the pool on any exception;
   - DataLoader workers (:func:`loader_worker_init`) treat SIGTERM as torch treats SIGINT there: the worker loop
     ends quietly and the parent shuts the loader down (torch's own SIGTERM handler would make them die of the

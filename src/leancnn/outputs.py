@@ -9,7 +9,7 @@ The rule (docs/training.md, "Runs, resume and reuse"), for every command that wr
   own directory (``train --resume RUN/last.pt -o RUN``, ``latency run --resume -o RUN``) and a latency report
   written into its own run (``latency report RUN``).
 * **``--force`` removes only what leancnn wrote, and only after every check.** A run directory's files are
-  known by name (``tasks.runs.RUN_FILES``, ``latency.runner.RUN_FILES``); a folder written as a whole
+  known by name (``tasks.runs.RUN_FILES``, ``tasks.latency.RUN_FILES``); a folder written as a whole
   (:func:`staged_dir`: ``prune``, ``register predict`` / ``evaluate``) lists its files in a manifest
   (:data:`MANIFEST`). Only those are deleted, once the config, the data and the model have been checked; any
   other file stays where it is (same-named files are replaced: that is what ``--force`` asks), and a folder is

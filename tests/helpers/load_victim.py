@@ -7,9 +7,10 @@
 only the workers' ``getppid`` watchdog (and the timeout backstop) can end them when this process is killed.
 
 Used by tests/test_latency_load.py, which sends this process SIGINT, SIGTERM or SIGKILL and then checks that no
-load process is left. Only ``leancnn.latency.load`` is imported: the ``leancnn`` and ``leancnn.latency`` package
-``__init__`` files (which import torch, ~2 s) are replaced by bare namespace modules, because what is under test
-is the load module's own cleanup, and each test starts a fresh interpreter.
+load process is left. Only the load modules (``leancnn.latency.loads``, ``.quota``, ``.cleanup``, ``.worker`` and
+``leancnn.loadspec``) are imported: the ``leancnn`` and ``leancnn.latency`` package ``__init__`` files (which import
+torch, ~2 s) are replaced by bare namespace modules, because what is under test is the load modules' own cleanup,
+and each test starts a fresh interpreter.
 """
 
 import json
@@ -25,7 +26,9 @@ for name, path in (("leancnn", SRC), ("leancnn.latency", SRC / "latency")):
     module.__path__ = [str(path)]
     sys.modules[name] = module
 
-from leancnn.latency.load import CpuLoad, CpuQuota, LoadSpec  # noqa: E402
+from leancnn.latency.loads import CpuLoad  # noqa: E402
+from leancnn.latency.quota import CpuQuota  # noqa: E402
+from leancnn.loadspec import LoadSpec  # noqa: E402
 
 
 def main(kind: str, workers: int, percent: int) -> int:
