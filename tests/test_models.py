@@ -314,3 +314,65 @@ def test_load_raw_state_dict_of_another_architecture():
                                            r"model 'digits_cnn': 9 shape mismatches \(e\.g\. conv1\.0\.weight: "
                                            r"\(32, 3, 3, 3\) vs \(64, 3, 3, 3\)\)$"):
         load_model_state(create_model("digits_cnn"), create_model("digits_cnn", hidden=32).state_dict())
+
+
+# ----------------------------------------------------------------------------------------- registration networks
+
+
+@pytest.mark.parametrize("name, kind, params, macs", [
+    ("reg_local", "local", 1_201_479, 360_461_568),
+    ("reg_global", "global", 605_796, 219_254_784),
+    ("reg_composite", "composite", 1_338_051, 434_706_432),
+])
+def test_registration_networks_are_registered(name, kind, params, macs):
+    from leancnn.models.regnet import build_regnet
+
+    entry = get_model_entry(name)
+    assert (entry.kind, entry.num_classes, entry.num_inputs, entry.input_size) == \
+        ("registration", None, 2, (1, 24, 32, 22))
+    assert entry.description.split(" (")[0] == {"local": "LocalNet", "global": "GlobalNet",
+                                                 "composite": "CompositeNet"}[kind]
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert model.model_name == name
+    # the registration task's default widths at the MR-US network grid
+    extra = {"global_channels": [4, 8, 16, 32]} if kind == "composite" else {}
+    same = build_regnet(kind, [8, 16, 32, 64], (24, 32, 22) if kind != "local" else None, **extra)
+    assert count_params(model) == count_params(same) == params
+    assert count_macs(model, entry.input_size, num_inputs=2) == macs
+    moving, fixed = torch.rand(1, 1, 24, 32, 22), torch.rand(1, 1, 24, 32, 22)
+    with torch.no_grad():
+        ddf = model.eval()(moving, fixed)["ddf"]
+    assert ddf.shape == (1, 3, 24, 32, 22)
+    assert ddf.abs().max().item() < 1e-5  # zero summands, identity affine: the networks start at the identity
+    with pytest.raises(LeancnnError, match=rf"^model '{name}' is a registration network: it takes no num_classes$"):
+        create_model(name, num_classes=3)
+
+
+def test_classifier_entries_keep_their_kind():
+    for name in MODELS:
+        entry = get_model_entry(name)
+        assert entry.kind == "classifier" and entry.num_inputs == 1
+
+
+def test_register_model_checks_the_kind():
+    before = dict((n, get_model_entry(n)) for n in list_models())
+    with pytest.raises(ValueError, match=r"^kind must be one of \('classifier', 'registration'\), got 'detector'$"):
+        register_model("x", kind="detector")
+    with pytest.raises(ValueError, match=r"^a registration takes no num_classes \(None\), got num_classes=10$"):
+        register_model("x", kind="registration")
+    with pytest.raises(ValueError, match=r"^a classifier takes num_classes, got num_classes=None$"):
+        register_model("x", num_classes=None)
+    assert dict((n, get_model_entry(n)) for n in list_models()) == before
+
+
+def test_macs_of_a_model_with_two_inputs():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(2, 4, 3, padding=1)
+
+        def forward(self, a, b):
+            return self.conv(torch.cat([a, b], dim=1))
+
+    assert count_macs(Pair(), (1, 4, 8, 8), num_inputs=2) == 4 * 8 * 8 * 4 * 2 * 27

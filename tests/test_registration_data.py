@@ -92,6 +92,7 @@ def _warp_ddf(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ real data
+@pytest.mark.slow
 @pytest.mark.skipif(not MRUS.is_dir(), reason="../shared/data/mrus not present")
 def test_real_mrus_pairs_load_as_the_readme_says():
     ds = PairedNifti(MRUS, cache=False)
@@ -109,7 +110,7 @@ def test_real_mrus_pairs_load_as_the_readme_says():
         assert 0 not in pair.empty and (pair.moving_label[0] >= 0.5).sum() > 1000
         assert (pair.fixed_label[0] >= 0.5).sum() > 1000
     # training item: the moving image and label resized onto the fixed grid
-    train = RegistrationDataset(PairedNifti(MRUS, ["obs000", "obs001"]), "train", seed=0)
+    train = RegistrationDataset(PairedNifti(MRUS, ["obs000", "obs001"]), "train", seed=0, initial="corners")
     sample = train[0]
     assert [tuple(t.shape) for t in sample] == [(1, 47, 63, 44)] * 4
     k = train.draw_label(0)
@@ -137,8 +138,8 @@ def test_real_mrus_augmentation_keeps_the_gland_binary_and_inside():
             assert border.max() < 0.5 and _dice(out, gland[0, 0]) > 0.85  # inside, and still the gland
     # through the training dataset: the same draws with and without augmentation, labels in [0, 1]
     pairs = PairedNifti(MRUS, ["obs003", "obs004"])
-    aug = RegistrationDataset(pairs, "train", seed=1, augment_scale=0.1)
-    plain = RegistrationDataset(pairs, "train", seed=1)
+    aug = RegistrationDataset(pairs, "train", seed=1, augment_scale=0.1, initial="corners")
+    plain = RegistrationDataset(pairs, "train", seed=1, initial="corners")
     for i in range(2):
         a, b = aug[i], plain[i]
         assert a.fixed_label.min() >= 0 and a.fixed_label.max() <= 1
@@ -232,7 +233,7 @@ def test_phantom_folder_reads_back_through_paired_nifti(phantoms, phantom_root, 
 
 def test_training_sampling_and_augmentation_on_phantoms(phantom_root):
     pairs = PairedNifti(phantom_root)
-    train = RegistrationDataset(pairs, "train", seed=3)
+    train = RegistrationDataset(pairs, "train", seed=3, initial="corners")
     sample = train[0]
     assert [tuple(t.shape) for t in sample] == [(1, *FIXED)] * 4
     # one label per pair per epoch, uniform over its labels, seeded by (seed, epoch, pair)
@@ -244,13 +245,13 @@ def test_training_sampling_and_augmentation_on_phantoms(phantom_root):
     counts = np.bincount(draws, minlength=n1)
     assert len(counts) == n1 and counts.min() >= 60 / n1 / 3
     train.set_epoch(5)
-    again = RegistrationDataset(pairs, "train", seed=3)
+    again = RegistrationDataset(pairs, "train", seed=3, initial="corners")
     again.set_epoch(5)
     assert [train.draw_label(i) for i in range(4)] == [again.draw_label(i) for i in range(4)]
     # augmentation: scale 0 is the identity, 0.1 keeps labels in [0, 1] and the gland inside
-    aug = RegistrationDataset(pairs, "train", seed=3, augment_scale=0.1)
+    aug = RegistrationDataset(pairs, "train", seed=3, augment_scale=0.1, initial="corners")
     aug.set_epoch(5)
-    plain = RegistrationDataset(pairs, "train", seed=3, augment_scale=0.0)
+    plain = RegistrationDataset(pairs, "train", seed=3, augment_scale=0.0, initial="corners")
     plain.set_epoch(5)
     for i in range(len(pairs)):
         a, b = aug[i], plain[i]
@@ -278,29 +279,29 @@ def test_training_sampling_and_augmentation_on_phantoms(phantom_root):
 
 def test_eval_and_predict_modes(phantom_root, tmp_path):
     pairs = PairedNifti(phantom_root)
-    ev = RegistrationDataset(pairs, "eval")
+    ev = RegistrationDataset(pairs, "eval", initial="corners")
     total = sum(pairs.num_labels(i) for i in range(len(pairs)))
     assert len(ev) == total and ev.index[:2] == [(0, 0), (0, 1)]
     i, k = ev.index[-1]
     assert torch.equal(ev[len(ev) - 1].fixed_label[0], torch.from_numpy(pairs[i].fixed_label[k]))
     with pytest.raises(LeancnnError, match="training only"):
-        RegistrationDataset(pairs, "eval", augment_scale=0.1)
+        RegistrationDataset(pairs, "eval", augment_scale=0.1, initial="corners")
     # a folder of images only: valid for prediction
     images = tmp_path / "images_only"
     for sub in ("moving_images", "fixed_images"):
         shutil.copytree(phantom_root / sub, images / sub)
     pred = PairedNifti(images)
     assert not pred.has_labels and pred[0].moving_label is None and pred.num_labels(0) == 0
-    item = RegistrationDataset(pred, "predict")[0]
+    item = RegistrationDataset(pred, "predict", initial="corners")[0]
     assert item.moving_image.shape == (1, *FIXED) and item.moving_label is None
     assert collate_pairs([item, item]).fixed_label is None
     with pytest.raises(LeancnnError, match="no label folders"):
-        RegistrationDataset(pred, "train")
+        RegistrationDataset(pred, "train", initial="corners")
     # split ids and collate across fixed shapes
     assert PairedNifti(phantom_root, split_ids=["case002", "case000"]).ids == ["case002", "case000"]
     with pytest.raises(LeancnnError, match="no pair case009"):
         PairedNifti(phantom_root, split_ids=["case009"])
-    small = RegistrationDataset(PairedNifti(_tiny_folder(tmp_path / "tiny")), "train")[0]
+    small = RegistrationDataset(PairedNifti(_tiny_folder(tmp_path / "tiny")), "train", initial="corners")[0]
     with pytest.raises(LeancnnError, match="different fixed shapes"):
         collate_pairs([item, small])
 
@@ -313,10 +314,10 @@ def test_empty_label_is_flagged_skipped_in_eval_and_not_drawn(tmp_path):
     ds = PairedNifti(root)
     assert ds["a"].empty == [] and ds["b"].empty == [1] and ds.empty_labels() == {"b": [1]}
     with pytest.warns(UserWarning, match="b label 1"):
-        ev = RegistrationDataset(ds, "eval")
+        ev = RegistrationDataset(ds, "eval", initial="corners")
     assert (1, 1) not in ev.index and len(ev) == 5
-    assert len(RegistrationDataset(ds, "eval", skip_empty=False)) == 6
-    train = RegistrationDataset(ds, "train")
+    assert len(RegistrationDataset(ds, "eval", skip_empty=False, initial="corners")) == 6
+    train = RegistrationDataset(ds, "train", initial="corners")
     drawn = set()
     for epoch in range(40):
         train.set_epoch(epoch)

@@ -31,21 +31,40 @@ on the diagonal neighbours.
 * ``gradient_l2`` / ``gradient_l1``: mean over the first-derivative interior and components of
   u_x² + u_y² + u_z² / |u_x| + |u_y| + |u_z|.
 
-Evaluation (``labelreg/utils.py``)
-----------------------------------
+The training loss (:class:`RegistrationLoss`)
+---------------------------------------------
+``total = label + weight · regulariser``: the label term (``"dice"`` = ``multiscale_dice_loss`` over ``sigmas``,
+label-reg's default; ``"cross_entropy"`` = ``label_cross_entropy`` over ``sigmas``) between the warped moving label
+and the fixed label, plus ``weight`` (label-reg: 0.5) times a regulariser of ``REGULARISERS`` on the DDF (default
+bending energy). The module returns the total and both terms (:class:`RegistrationLossTerms`), each a mean over the
+batch; the terms' own checks name the bad argument. :meth:`RegistrationLoss.from_config` builds it from the
+``loss`` config section (``label``, ``sigmas``, ``regulariser``, ``weight``) as the registration task always has:
+``loss.sigmas`` are the Dice's scales, and ``cross_entropy`` keeps ``label_cross_entropy``'s default scales
+``DEFAULT_SIGMAS`` whatever ``loss.sigmas`` says. Degenerate cases never give NaN: an empty fixed label and an
+empty warped label give soft Dice 0 (the Dice term is 1 for that sample, and passes no gradient), and ``weight=0``
+still computes (and returns) the regulariser. Under DDP each process computes the loss of its own batch (no
+collective operation): DDP's gradient average then equals the gradient of the global batch's mean for equal local
+batch sizes.
+
+Metrics that training and evaluation share (``labelreg/utils.py``)
+-------------------------------------------------------------------
 ``binary_dice``, ``centroid`` and ``centroid_distance_mm`` work on one label volume (numpy or torch; leading
 singleton dims are dropped) thresholded at ``>= threshold`` (0.5). Centroids are in voxel indices of the label's grid
-(for TRE: the fixed grid, both labels on it); an empty label gives ``None``, never NaN.
+(for TRE: the fixed grid, both labels on it); an empty label gives ``None``, never NaN. ``batch_binary_dice`` is the
+same Dice for a batch ``(B, C, X, Y, Z)`` of torch tensors, on their device (no synchronisation; what training logs
+per step), where two empty masks give 1 (nothing to align, nothing missed) instead of ``None``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from typing import NamedTuple, Sequence
+
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.warp import _check_volume
@@ -237,6 +256,58 @@ def gradient_l1(ddf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     return _reduce(norms.flatten(1).mean(dim=1), reduction)
 
 
+REGULARISERS = {"bending": bending_energy, "gradient_l2": gradient_l2, "gradient_l1": gradient_l1}
+LABEL_LOSSES = {"dice": multiscale_dice_loss, "cross_entropy": label_cross_entropy}
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+class RegistrationLossTerms(NamedTuple):
+    """What :class:`RegistrationLoss` returns: ``total = label + weight * reg`` and its two terms (scalars)."""
+
+    total: torch.Tensor
+    label: torch.Tensor
+    reg: torch.Tensor
+
+
+class RegistrationLoss(nn.Module):
+    """Label-driven registration loss: label term + ``weight`` x regulariser (see the module docstring).
+
+    ``loss(warped_label, fixed_label, ddf)`` with the labels ``(B, C, X, Y, Z)`` on one grid and the DDF
+    ``(B, 3, X, Y, Z)`` in voxel units; returns :class:`RegistrationLossTerms` ``(total, label, reg)``.
+    ``label``: ``"dice"`` (multi-scale soft Dice) or ``"cross_entropy"``; ``sigmas``: the label term's Gaussian
+    scales (voxels); ``regulariser``: a key of ``REGULARISERS``; ``weight``: a finite number >= 0. No parameters.
+    """
+
+    def __init__(self, label: str = "dice", sigmas: Sequence[float] = DEFAULT_SIGMAS, regulariser: str = "bending",
+                 weight: float = 0.5):
+        super().__init__()
+        if label not in LABEL_LOSSES:
+            raise ValueError(f"label must be one of {tuple(LABEL_LOSSES)}, got {label!r}")
+        if regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser must be one of {tuple(REGULARISERS)}, got {regulariser!r}")
+        if not isinstance(weight, numbers.Real) or isinstance(weight, bool) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self.label, self.regulariser, self.weight = label, regulariser, float(weight)
+        self.sigmas = _check_sigmas(sigmas)
+
+    @classmethod
+    def from_config(cls, cfg) -> "RegistrationLoss":
+        """From the ``loss`` config section (``label``, ``sigmas``, ``regulariser``, ``weight``), as the
+        registration task computes it: ``sigmas`` for ``dice``; ``cross_entropy`` uses ``DEFAULT_SIGMAS``."""
+        sigmas = cfg.sigmas if cfg.label == "dice" else DEFAULT_SIGMAS
+        return cls(cfg.label, sigmas, cfg.regulariser, cfg.weight)
+
+    def forward(self, warped_label: torch.Tensor, fixed_label: torch.Tensor, ddf: torch.Tensor
+                ) -> RegistrationLossTerms:
+        label = LABEL_LOSSES[self.label](warped_label, fixed_label, self.sigmas)
+        reg = REGULARISERS[self.regulariser](ddf)
+        return RegistrationLossTerms(label + self.weight * reg, label, reg)
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, sigmas={self.sigmas}, regulariser={self.regulariser!r}, weight={self.weight}"
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 def _label_array(label, name: str) -> np.ndarray:
     if isinstance(label, torch.Tensor):
@@ -279,6 +350,19 @@ def binary_dice(a, b, threshold: float = 0.5) -> float | None:
     return 2.0 * int(np.logical_and(ma, mb).sum()) / total
 
 
+@torch.no_grad()
+def batch_binary_dice(warped_label: torch.Tensor, fixed_label: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-sample binary Dice ``(B,)`` float64 of the masks ``>= threshold`` of two label batches (B, C, X, Y, Z) on
+    one grid, over all channels and voxels; 1 where both masks are empty. Stays on the tensors' device."""
+    _check_pair(warped_label, fixed_label)
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    p, t = warped_label >= threshold, fixed_label >= threshold
+    inter = (p & t).flatten(1).sum(1).double()
+    total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
 def centroid(label, threshold: float = 0.5) -> np.ndarray | None:
     """Centroid (voxel indices, float64 (3,)) of the mask ``label >= threshold``; None if the mask is empty."""
     mask = _mask(label, threshold, "label")
@@ -311,6 +395,7 @@ def centroid_distance_mm(a, b, spacing: float | Sequence[float] = 1.0, threshold
     return float(np.linalg.norm((ca - cb) * sp))
 
 
-__all__ = ["DEFAULT_SIGMAS", "bending_energy", "binary_dice", "centroid", "centroid_distance_mm", "gaussian_kernel1d",
-           "gaussian_smooth", "gradient_l1", "gradient_l2", "label_cross_entropy", "multiscale_dice_loss",
-           "soft_dice"]
+__all__ = ["DEFAULT_SIGMAS", "LABEL_LOSSES", "REGULARISERS", "RegistrationLoss", "RegistrationLossTerms",
+           "batch_binary_dice", "bending_energy", "binary_dice", "centroid", "centroid_distance_mm",
+           "gaussian_kernel1d", "gaussian_smooth", "gradient_l1", "gradient_l2", "label_cross_entropy",
+           "multiscale_dice_loss", "soft_dice"]

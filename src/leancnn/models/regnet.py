@@ -59,6 +59,11 @@ Decisions and differences (see also ``../shared/reference/registration.md`` §2,
   calls ``global_net.warp_image()`` without its argument (TypeError; issue #13).
 * Parameters are counted by :func:`count_params`; ``bn=False`` leaves out the BN betas, which is how the
   reference's ≈18.9 M for LocalNet (nc₀ = 32) is counted (18,902,959 here; 3,392 betas on top).
+
+In the model registry (``leancnn models``, ``create_model``) as ``reg_local``, ``reg_global`` and ``reg_composite``
+(kind ``"registration"``: no classes, two inputs): :func:`build_regnet` with the registration task's default widths
+(``model.channels`` 8-16-32-64, composite's ``model.global_channels`` 4-8-16-32) at the MR-US network grid
+24×32×22 (``data.scale`` 0.5 of the 47×63×44 ultrasound grid), the size the affine head is built for.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ import torch.nn.functional as F
 
 from ..errors import LeancnnError
 from ..nn.warp import affine_to_ddf, warp
+from .registry import register_model
 
 __all__ = ["LocalNet", "GlobalNet", "CompositeNet", "build_regnet", "count_params", "param_breakdown",
            "BN_MODES", "IDENTITY_THETA"]
@@ -415,6 +421,30 @@ def build_regnet(kind: str, channels: Sequence[int] | None = None, image_size: S
     if kind != "local":
         kwargs["image_size"] = image_size
     return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------- registry
+REGISTRY_GRID = (24, 32, 22)  # the MR-US network grid: data.scale 0.5 of the 47x63x44 ultrasound grid
+_WIDTHS, _GLOBAL_WIDTHS = (8, 16, 32, 64), (4, 8, 16, 32)  # the registration task's model.(global_)channels
+
+
+@register_model("reg_local", kind="registration", num_classes=None, input_size=(1, *REGISTRY_GRID),
+                description="LocalNet (Hu et al. 2018): dense displacement field from a moving + fixed volume")
+def reg_local(channels: Sequence[int] = _WIDTHS, **kwargs) -> nn.Module:
+    return build_regnet("local", channels, **kwargs)
+
+
+@register_model("reg_global", kind="registration", num_classes=None, input_size=(1, *REGISTRY_GRID),
+                description="GlobalNet (Hu et al. 2018): affine (12 numbers) from a moving + fixed volume")
+def reg_global(channels: Sequence[int] = _WIDTHS, image_size: Sequence[int] = REGISTRY_GRID, **kwargs) -> nn.Module:
+    return build_regnet("global", channels, image_size, **kwargs)
+
+
+@register_model("reg_composite", kind="registration", num_classes=None, input_size=(1, *REGISTRY_GRID),
+                description="CompositeNet (Hu et al. 2018): GlobalNet affine + LocalNet field, added")
+def reg_composite(channels: Sequence[int] = _WIDTHS, image_size: Sequence[int] = REGISTRY_GRID,
+                  global_channels: Sequence[int] = _GLOBAL_WIDTHS, **kwargs) -> nn.Module:
+    return build_regnet("composite", channels, image_size, global_channels=global_channels, **kwargs)
 
 
 def _is_bn_beta(module: nn.Module, name: str) -> bool:

@@ -38,17 +38,18 @@ def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int], per_layer: bool = False,
-               device: torch.device | str | None = None):
+               device: torch.device | str | None = None, num_inputs: int = 1):
     """Multiply-accumulates of one sample's forward pass.
 
-    ``input_size`` is the per-sample shape, e.g. ``(3, 32, 32)`` (a leading batch dimension is not given).
+    ``input_size`` is the per-sample shape, e.g. ``(3, 32, 32)`` (a leading batch dimension is not given);
+    ``num_inputs`` inputs of that shape are passed (2 for a registration network: moving, fixed).
     Returns an int, or ``(total, {layer_name: macs})`` when ``per_layer`` is true.
     """
     if any(int(s) <= 0 for s in input_size):
         raise ValueError(f"input_size must be positive, got {tuple(input_size)}")
     if device is None:  # shapes are all that is needed: a copy on the meta device computes nothing
         try:
-            return count_macs(copy.deepcopy(model).to("meta"), input_size, per_layer, "meta")
+            return count_macs(copy.deepcopy(model).to("meta"), input_size, per_layer, "meta", num_inputs)
         except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on the real device
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
     counts: dict[str, int] = {}
@@ -62,7 +63,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int], per_layer: bool = Fa
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *[int(s) for s in input_size], device=device))
+            model(*[torch.zeros(1, *[int(s) for s in input_size], device=device) for _ in range(num_inputs)])
     finally:
         for h in handles:
             h.remove()

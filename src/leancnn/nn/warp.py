@@ -1,10 +1,15 @@
-"""Dense-displacement warping and affine helpers for 3-D registration (label-reg conventions, in PyTorch).
+"""Dense-displacement warping, affine helpers and every coordinate convention of 3-D registration (label-reg
+conventions, in PyTorch).
 
 After Hu et al., "Weakly-supervised convolutional neural networks for multimodal image registration", Medical
-Image Analysis 49 (2018), and their TensorFlow-1 code YipengHu/label-reg (``labelreg/utils.py``).
+Image Analysis 49 (2018), and their TensorFlow-1 code YipengHu/label-reg (``labelreg/utils.py``). The rest of the
+library (the registration data, losses, networks and task) follows the conventions written here.
 
 Conventions
 -----------
+* Voxel and world coordinates: a voxel *index* ``(i, j, k)`` counts from voxel 0 along tensor dims 2, 3, 4 (file
+  axes X, Y, Z); a NIfTI header's 4x4 affine maps voxel indices to world millimetres (:func:`world_affine`,
+  :func:`voxel_spacing`, :func:`voxel_to_voxel`).
 * Volumes are ``(B, C, X, Y, Z)`` and displacement fields (DDFs) ``(B, 3, X, Y, Z)``, channel-first. Channel
   ``k`` of a DDF is the displacement along spatial axis ``k`` (tensor dim ``2 + k``).
 * A DDF lives on the *fixed* grid, in *voxel units of the fixed grid*: fixed voxel ``p = (i, j, k)`` looks at the
@@ -15,6 +20,11 @@ Conventions
   cover the same extent, voxel 0 on voxel 0 and voxel Nf-1 on voxel Nm-1 (label-reg resizes the moving image to
   the fixed grid this way; ``resize_volume`` with ``align_corners=True`` does the same). Equal shapes: identity.
   For grids known in world coordinates (NIfTI headers) use ``voxel_to_voxel(fixed_affine, moving_affine)``.
+* The *initial mapping* (:func:`initial_map`, ``INITIAL_MAPPINGS``) is the ``fixed_to_moving`` that puts the moving
+  volume on the fixed grid before any registration; a registration DDF is relative to it. ``"corners"``
+  (label-reg): corner voxels on corner voxels, the default ``fixed_to_moving`` above. ``"centre"``: the volumes'
+  centres coincide and millimetres stay millimetres (header spacings; origins and rotations ignored). The mode
+  has no default here: callers pass it, and the one default is the config's (``data.initial: centre``).
 * Sampling is ``torch.nn.functional.grid_sample(align_corners=True)``, index ``q`` of an axis of length ``N``
   becoming the normalised coordinate ``(2q - (N - 1)) / (N - 1)``; so ``warp`` is differentiable w.r.t. the
   moving volume, the DDF (bilinear mode) and a tensor ``fixed_to_moving``.
@@ -45,9 +55,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import LeancnnError
+
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border")
 RESIZE_MODES = ("trilinear", "nearest")
+INITIAL_MAPPINGS = ("corners", "centre")
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -232,6 +245,34 @@ def voxel_to_voxel(fixed_affine, moving_affine) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------------------------- initial mapping
+def initial_map(moving_shape: Sequence[int], fixed_shape: Sequence[int], moving_spacing: Sequence[float] | None = None,
+                fixed_spacing: Sequence[float] | None = None, *, mode: str) -> np.ndarray:
+    """The 4x4 map from fixed voxel indices to moving voxel indices that puts the moving volume on the fixed grid
+    before any registration (pass it as ``warp(..., fixed_to_moving=...)``).
+
+    ``"corners"`` (label-reg): corner voxels on corner voxels, ``m = q (N_m - 1) / (N_f - 1)`` per axis (the
+    moving volume is stretched to the fixed extent; spacings are not used). ``"centre"``: the volumes' centres
+    coincide and millimetres stay millimetres (voxel spacings from the headers, header origins and rotations
+    ignored), ``m = c_m + (q - c_f) s_f / s_m`` with ``c = (N - 1) / 2``. ``mode`` has no default (the config's
+    ``data.initial`` holds it)."""
+    if mode not in INITIAL_MAPPINGS:
+        raise LeancnnError(f"unknown initial mapping '{mode}'; choose from: {', '.join(INITIAL_MAPPINGS)}")
+    nm = np.asarray(moving_shape, dtype=np.float64)
+    nf = np.asarray(fixed_shape, dtype=np.float64)
+    out = np.eye(4)
+    if mode == "corners":
+        scale = np.where(nf > 1, (nm - 1) / np.maximum(nf - 1, 1), 0.0)
+        out[:3, :3] = np.diag(scale)
+        return out
+    if moving_spacing is None or fixed_spacing is None:
+        raise LeancnnError("the 'centre' initial mapping needs both voxel spacings")
+    scale = np.asarray(fixed_spacing, dtype=np.float64) / np.asarray(moving_spacing, dtype=np.float64)
+    out[:3, :3] = np.diag(scale)
+    out[:3, 3] = (nm - 1) / 2 - scale * (nf - 1) / 2
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ affine DDFs
 def identity_theta(batch: int, *, dtype: torch.dtype = torch.float32,
                    device: torch.device | str | None = None) -> torch.Tensor:
@@ -299,6 +340,6 @@ def resize_ddf(ddf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return out * torch.tensor(factor, dtype=ddf.dtype, device=ddf.device).view(1, 3, 1, 1, 1)
 
 
-__all__ = ["MODES", "PADDINGS", "RESIZE_MODES", "affine_to_ddf", "identity_grid", "identity_theta", "resize_ddf",
-           "resize_volume",
+__all__ = ["INITIAL_MAPPINGS", "MODES", "PADDINGS", "RESIZE_MODES", "affine_to_ddf", "identity_grid", "identity_theta",
+           "initial_map", "resize_ddf", "resize_volume",
            "voxel_spacing", "voxel_to_voxel", "warp", "world_affine"]

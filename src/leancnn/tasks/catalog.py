@@ -28,7 +28,8 @@ def model_rows(pattern: str | None = None, input_size: tuple[int, ...] | None = 
     """name, parameters, MACs (at the model's default input or ``input_size``), input, description.
 
     With ``input_size``, a model is built for its channel count; a model that cannot take that input shows
-    "n/a" and the reason instead of failing the whole table."""
+    "n/a" and the reason instead of failing the whole table. A registration network takes two inputs of that
+    size (moving, fixed): its input shows "(x2)"."""
     rows = []
     for name in list_models(pattern):
         entry = get_model_entry(name)
@@ -36,12 +37,14 @@ def model_rows(pattern: str | None = None, input_size: tuple[int, ...] | None = 
         kwargs = {"in_chans": size[0]} if size[0] != entry.input_size[0] else {}
         try:
             model = create_model(name, **kwargs)
-            params, macs = f"{count_params(model):,}", f"{count_macs(model, size) / 1e6:,.2f}M"
+            macs = count_macs(model, size, num_inputs=entry.num_inputs)
+            params, macs = f"{count_params(model):,}", f"{macs / 1e6:,.2f}M"
             description = entry.description
         except (LeancnnError, ValueError, RuntimeError) as e:
             params = macs = "n/a"
             description = f"cannot take {'x'.join(map(str, size))}: {str(e).splitlines()[0]}"
-        rows.append([name, params, macs, "x".join(map(str, size)), description])
+        rows.append([name, params, macs, "x".join(map(str, size)) + (" (x2)" if entry.num_inputs == 2 else ""),
+                     description])
     return rows
 
 

@@ -1,0 +1,164 @@
+"""The registration training loss (label term + weight x regulariser) and the batched Dice that training logs,
+against values worked out by hand and against the functions they are made of."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from leancnn.losses.registration import (
+    DEFAULT_SIGMAS,
+    REGULARISERS,
+    RegistrationLoss,
+    RegistrationLossTerms,
+    batch_binary_dice,
+    bending_energy,
+    binary_dice,
+    gradient_l1,
+    gradient_l2,
+    label_cross_entropy,
+    multiscale_dice_loss,
+)
+from leancnn.nn.warp import identity_grid
+
+D = torch.float64
+SHAPE = (12, 12, 12)
+
+
+def cube(lo, size, shape=SHAPE):
+    m = torch.zeros(1, 1, *shape, dtype=D)
+    m[0, 0, lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = 1.0
+    return m
+
+
+def field(fn, component, shape=SHAPE):
+    """A DDF whose ``component`` is fn(x, y, z) on voxel indices, the others 0."""
+    x, y, z = identity_grid(shape, dtype=D)[0]
+    ddf = torch.zeros(1, 3, *shape, dtype=D)
+    ddf[0, component] = fn(x, y, z)
+    return ddf
+
+
+def section(label="dice", sigmas=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0), regulariser="bending", weight=0.5):
+    """A stand-in for the ``loss`` config section (the same four fields)."""
+    return SimpleNamespace(label=label, sigmas=list(sigmas), regulariser=regulariser, weight=weight)
+
+
+def test_dice_plus_bending_by_hand():
+    warped, fixed = cube((2, 2, 2), 4), cube((3, 2, 2), 4)  # 64 voxels each, shifted by one: overlap 48
+    a = 0.01
+    ddf = field(lambda x, y, z: a * x**2, 0)  # u_xx = 2a on the interior, nothing else: energy 4a^2 / 3
+    out = RegistrationLoss("dice", sigmas=(0,), regulariser="bending", weight=0.5)(warped, fixed, ddf)
+    assert isinstance(out, RegistrationLossTerms)
+    label = 1.0 - 2 * 48 / (64 + 64 + 1e-6)
+    reg = 4 * a**2 / 3
+    assert out.label.item() == pytest.approx(label, rel=1e-12)
+    assert out.reg.item() == pytest.approx(reg, rel=1e-12)
+    assert out.total.item() == pytest.approx(label + 0.5 * reg, rel=1e-12)
+    total, label_term, reg_term = out  # unpacks as (total, label, reg)
+    assert total is out.total and label_term is out.label and reg_term is out.reg
+
+
+def test_cross_entropy_plus_gradient_norms_by_hand():
+    t = torch.zeros(1, 1, 5, 5, 5, dtype=D)
+    t[..., :2, :, :] = 1.0  # 2/5 foreground
+    p = torch.full_like(t, 0.8)
+    s = -0.3
+    scaling = field(lambda x, y, z: s * x, 0, (5, 5, 5)) + field(lambda x, y, z: s * y, 1, (5, 5, 5)) \
+        + field(lambda x, y, z: s * z, 2, (5, 5, 5))
+    ce = -(0.4 * math.log(0.8) + 0.6 * math.log(0.2))
+    l2 = RegistrationLoss("cross_entropy", sigmas=(0,), regulariser="gradient_l2", weight=2.0)(p, t, scaling)
+    assert l2.label.item() == pytest.approx(ce, rel=1e-12)
+    assert l2.reg.item() == pytest.approx(s**2, rel=1e-12)
+    assert l2.total.item() == pytest.approx(ce + 2.0 * s**2, rel=1e-12)
+    l1 = RegistrationLoss("cross_entropy", sigmas=(0,), regulariser="gradient_l1", weight=0.25)(p, t, scaling)
+    assert l1.total.item() == pytest.approx(ce + 0.25 * abs(s), rel=1e-12)
+
+
+def test_from_config_is_the_task_loss_bit_for_bit():
+    """label + weight x reg from the functions themselves, as the registration task has computed it: loss.sigmas
+    for the Dice; cross_entropy with label_cross_entropy's default scales."""
+    g = torch.Generator().manual_seed(0)
+    warped = torch.rand(2, 1, 9, 10, 11, generator=g)
+    fixed = (torch.rand(2, 1, 9, 10, 11, generator=g) > 0.6).float()
+    ddf = torch.randn(2, 3, 9, 10, 11, generator=g)
+
+    dice = RegistrationLoss.from_config(section("dice", (0.0, 1.0, 2.0), "bending", 0.5))(warped, fixed, ddf)
+    expected = multiscale_dice_loss(warped, fixed, (0.0, 1.0, 2.0)) + 0.5 * bending_energy(ddf)
+    assert torch.equal(dice.total, expected)
+    assert torch.equal(dice.label, multiscale_dice_loss(warped, fixed, (0.0, 1.0, 2.0)))
+
+    ce_loss = RegistrationLoss.from_config(section("cross_entropy", (0.0,), "gradient_l1", 0.3))
+    assert ce_loss.sigmas == tuple(float(s) for s in DEFAULT_SIGMAS)  # loss.sigmas are the Dice's scales
+    ce = ce_loss(warped, fixed, ddf)
+    assert torch.equal(ce.total, label_cross_entropy(warped, fixed) + 0.3 * gradient_l1(ddf))
+    assert torch.equal(ce.reg, gradient_l1(ddf))
+
+    default = RegistrationLoss.from_config(section())
+    assert (default.label, default.regulariser, default.weight) == ("dice", "bending", 0.5)
+    assert default.sigmas == (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    assert set(REGULARISERS) == {"bending", "gradient_l2", "gradient_l1"}
+    assert REGULARISERS["gradient_l2"] is gradient_l2
+    assert not list(default.parameters())
+
+
+def test_gradients_and_the_degenerate_cases():
+    fixed = cube((4, 4, 4), 4)
+    warped = cube((5, 4, 4), 4).requires_grad_()
+    ddf = field(lambda x, y, z: 0.01 * x**2, 0).requires_grad_()
+    RegistrationLoss()(warped, fixed, ddf).total.backward()
+    assert warped.grad.abs().sum() > 0 and ddf.grad.abs().sum() > 0
+
+    # empty fixed and warped labels: soft Dice 0, so the Dice term is exactly 1 and passes no gradient
+    empty = torch.zeros(1, 1, *SHAPE, dtype=D, requires_grad=True)
+    zero = torch.zeros(1, 3, *SHAPE, dtype=D)
+    out = RegistrationLoss()(empty, torch.zeros(1, 1, *SHAPE, dtype=D), zero)
+    assert out.label.item() == 1.0 and out.reg.item() == 0.0 and out.total.item() == 1.0
+    out.total.backward()
+    assert empty.grad.abs().sum() == 0
+
+    # weight 0: the regulariser is still computed and returned, and leaves the total
+    w0 = RegistrationLoss(sigmas=(0,), weight=0)(cube((2, 2, 2), 4), cube((3, 2, 2), 4),
+                                                  field(lambda x, y, z: 0.01 * x**2, 0))
+    assert w0.reg.item() == pytest.approx(4e-4 / 3, rel=1e-12) and w0.total.item() == w0.label.item()
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"^label must be one of \('dice', 'cross_entropy'\), got 'mse'$"):
+        RegistrationLoss("mse")
+    with pytest.raises(ValueError, match="^regulariser must be one of"):
+        RegistrationLoss(regulariser="tv")
+    for bad in (-0.1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="^weight must be a finite number >= 0"):
+            RegistrationLoss(weight=bad)
+    with pytest.raises(ValueError, match="sigmas must not be empty"):
+        RegistrationLoss(sigmas=())
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        RegistrationLoss(sigmas=(0, -1))
+    loss = RegistrationLoss()
+    with pytest.raises(ValueError, match="same shape"):
+        loss(torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 1, 6, 6, 5), torch.zeros(1, 3, 6, 6, 6))
+    with pytest.raises(ValueError, match="at least 5 voxels"):
+        loss(torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 3, 4, 6, 6))
+
+
+def test_batch_binary_dice():
+    a, b = cube((2, 2, 2), 4), cube((3, 2, 2), 4)  # overlap 48 of 64 + 64: Dice 0.75
+    empty = torch.zeros_like(a)
+    warped = torch.cat([a, empty, a, 0.6 * b, 0.4 * b])
+    fixed = torch.cat([b, empty, empty, a, a])
+    dice = batch_binary_dice(warped, fixed)
+    assert dice.dtype == torch.float64 and dice.shape == (5,)
+    # 0.6 >= 0.5 keeps the mask; 0.4 empties it; two empty masks give 1 (binary_dice: None)
+    assert dice.tolist() == [0.75, 1.0, 0.0, 0.75, 0.0]
+    assert dice[0].item() == binary_dice(a, b) and binary_dice(empty, empty) is None
+    assert batch_binary_dice(0.4 * b, a, threshold=0.3).tolist() == [0.75]
+    # the channels of a sample are pooled: 2 * (64 + 48) / ((64 + 64) + (64 + 64)) = 0.875
+    assert batch_binary_dice(torch.cat([a, a], dim=1), torch.cat([a, b], dim=1)).tolist() == [0.875]
+    with pytest.raises(ValueError, match="same shape"):
+        batch_binary_dice(a, a[..., :-1])
+    with pytest.raises(ValueError, match="threshold"):
+        batch_binary_dice(a, a, threshold=float("nan"))
