@@ -285,7 +285,7 @@ def test_shipped_config_loads(path):
         return
     if path.name.startswith("latency_"):  # latency grids: every model registered, every condition runnable here
         from leancnn.config import LatencyConfig
-        from leancnn.latency.runner import plan_conditions
+        from leancnn.latency.measure import plan_conditions
 
         lcfg = load_config(path, cls=LatencyConfig)
         assert all(m.name in list_models() for m in lcfg.models if m.name) and plan_conditions(lcfg)
@@ -293,3 +293,48 @@ def test_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.model.name in list_models()
     assert set(cfg.data.domains + cfg.data.test_domains) <= set(DOMAINS)
+
+
+def test_runtime_and_resumable_keys_are_properties_of_the_fields():
+    from dataclasses import dataclass, field
+
+    from leancnn.config import RegisterConfig, VideoConfig, resumable_keys, rule, runtime_keys
+
+    @dataclass
+    class Inner:
+        workers: int = rule(0, ge=0, runtime=True)
+        size: int = rule(3, ge=1)
+
+    @dataclass
+    class Outer:
+        name: str = rule("x", name=True, runtime=True)
+        inner: Inner = field(default_factory=Inner)
+        epochs: int = rule(1, ge=1, resumable=True)
+
+    assert runtime_keys(Outer) == ("name", "inner.workers")
+    assert resumable_keys(Outer) == ("name", "inner.workers", "epochs")
+    # a subclass that overrides a field keeps the flag it declares (VideoTrainConfig.epochs)
+    assert "train.epochs" in resumable_keys(VideoConfig) and "train.epochs" not in runtime_keys(VideoConfig)
+    assert "data.eval_batch_size" not in runtime_keys(RegisterConfig)  # registration has no eval batch
+
+
+def test_a_retired_key_of_an_older_config_is_accepted_and_dropped():
+    from leancnn.config import RegisterConfig
+
+    cfg = from_dict(RegisterConfig, {"data": {"eval_batch_size": 1, "batch_size": 2}})  # as older runs wrote
+    assert cfg.data.batch_size == 2 and not hasattr(cfg.data, "eval_batch_size")
+    with pytest.raises(ConfigError, match="unknown config key 'data.eval_batch_sizes'"):
+        from_dict(RegisterConfig, {"data": {"eval_batch_sizes": 1}})
+
+
+def test_derive_sets_dotted_keys_validates_and_leaves_the_source_alone():
+    from leancnn.config import ExperimentConfig, derive
+
+    base = ExperimentConfig()
+    new = derive(base, {"name": "ft", "train.epochs": 2, "model.pruned": {"conv1": [0, 1]}})
+    assert (new.name, new.train.epochs, new.model.pruned) == ("ft", 2, {"conv1": [0, 1]})
+    assert (base.name, base.train.epochs, base.model.pruned) == ("experiment", 10, {})
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch' for ExperimentConfig"):
+        derive(base, {"train.epoch": 2})
+    with pytest.raises(ConfigError, match="config key 'train.epochs' must be >= 1, got 0"):
+        derive(base, {"train.epochs": 0})

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union
+from typing import Any, ClassVar, Literal, Sequence, TypeVar, Union
 
 import yaml
 
@@ -25,17 +25,45 @@ T = TypeVar("T")
 SEED_MAX = 2**32  # numpy's seeds are 32-bit
 
 
-def rule(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **checks: Any) -> Any:
+def rule(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, runtime: bool = False,
+         resumable: bool = False, **checks: Any) -> Any:
     """A dataclass field with constraints, checked by :func:`from_dict` after the type (see :func:`_check_value`).
 
     Numbers (or, for a list of numbers, each item): ``ge``, ``gt``, ``le``, ``lt``. Lists: ``min_len``,
-    ``max_len``, ``unique``. Strings: ``nonempty``, ``name`` (a plain name that stays one path component)."""
+    ``max_len``, ``unique``. Strings: ``nonempty``, ``name`` (a plain name that stays one path component).
+
+    ``runtime``: the key changes how a run executes but not what it computes (threads, workers, the run's name):
+    run fingerprints leave it out and ``--resume`` may change it. ``resumable``: it may change on ``--resume``
+    (``train.epochs`` to extend a run, the device) but is part of the fingerprint. See :func:`runtime_keys`."""
     unknown = set(checks) - {"ge", "gt", "le", "lt", "min_len", "max_len", "unique", "nonempty", "name"}
     if unknown:
         raise TypeError(f"unknown rule(s) {sorted(unknown)}")  # a bug in a schema, not in user input
+    meta = {"rules": checks, "runtime": runtime, "resumable": resumable}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"rules": checks})
-    return field(default=default, metadata={"rules": checks})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _flagged_keys(cls: type, flag: str) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += [f"{f.name}.{k}" for k in _flagged_keys(hints[f.name], flag)]
+        elif f.metadata.get(flag):
+            out.append(f.name)
+    return tuple(out)
+
+
+def runtime_keys(cls: type) -> tuple[str, ...]:
+    """The dotted keys of config class ``cls`` marked ``rule(..., runtime=True)``, in field order."""
+    return _flagged_keys(cls, "runtime")
+
+
+def resumable_keys(cls: type) -> tuple[str, ...]:
+    """The keys that may differ between a checkpoint's config and the one that resumes it: the runtime keys and
+    those marked ``rule(..., resumable=True)``."""
+    return (*runtime_keys(cls), *_flagged_keys(cls, "resumable"))
 
 
 _NOT_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
@@ -128,8 +156,8 @@ class DataConfig:
     split_seed: int = rule(0, ge=0, lt=SEED_MAX)
     augment: bool = False
     batch_size: int = rule(128, ge=1)  # global batch: divided between DDP ranks
-    eval_batch_size: int = rule(512, ge=1)
-    num_workers: int = rule(0, ge=0)
+    eval_batch_size: int = rule(512, ge=1, runtime=True)
+    num_workers: int = rule(0, ge=0, runtime=True)
     limit_train: int = rule(0, ge=0)  # >0: use only this many training samples (a fixed random subset); quick runs
     limit_eval: int = rule(0, ge=0)  # >0: same for the val and test sets
     sampler: Literal["random", "domain"] = "random"  # domain: batches of domains_per_batch domains x k samples
@@ -201,19 +229,20 @@ class SemiConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = rule(10, ge=1)
+    epochs: int = rule(10, ge=1, resumable=True)
     seed: int = rule(0, ge=0, lt=SEED_MAX)
     grad_clip: float = rule(0.0, ge=0.0)  # max global grad norm; 0 = off
     amp: bool = False  # mixed precision, CUDA only (ignored with a warning on CPU)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = rule("auto", resumable=True)
     # torch intra-op threads: auto follows the machine (its free cores, re-checked as the run goes; leancnn/threads.py),
     # N >= 1 fixes N (bit-exact repeats need a fixed N); 0 reads as auto (earlier versions' "torch's default")
-    threads: Union[int, Literal["auto"]] = "auto"
+    threads: Union[int, Literal["auto"]] = rule("auto", runtime=True)
     deterministic: bool = True  # deterministic kernels where the backend offers them
     # layout of the model and of every batch: auto = channels-last for conv nets on the CPU, the faster of the
     # two (timed) on CUDA; results differ between layouts only by float rounding (docs/training.md)
-    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    compile: bool = False  # torch.compile the training step (opt-in: compile time vs steady-state gain measured)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = rule("auto", runtime=True)
+    # torch.compile the training step (opt-in: compile time vs steady-state gain measured)
+    compile: bool = rule(False, runtime=True)
 
     def _check(self) -> None:
         if isinstance(self.threads, int) and self.threads < 0:
@@ -223,8 +252,9 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = rule("experiment", name=True)  # one path level: the run directory is <output_dir>/<name>-<time>
-    output_dir: str = rule("runs", nonempty=True)
+    # one path level: the run directory is <output_dir>/<name>-<time>
+    name: str = rule("experiment", name=True, runtime=True)
+    output_dir: str = rule("runs", nonempty=True, runtime=True)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -291,8 +321,8 @@ class VideoDataConfig:
     frame_step: int = rule(1, ge=1)  # keep every n-th frame
     frame_offset: int = rule(0, ge=0)  # starting at this frame
     batch_size: int = rule(16, ge=1)  # global batch: divided between DDP ranks
-    eval_batch_size: int = rule(64, ge=1)
-    num_workers: int = rule(0, ge=0)
+    eval_batch_size: int = rule(64, ge=1, runtime=True)
+    num_workers: int = rule(0, ge=0, runtime=True)
 
     def _check(self) -> None:
         if self.frame_offset >= self.frame_step:
@@ -325,7 +355,7 @@ class VideoScheduleConfig(ScheduleConfig):
 
 @dataclass
 class VideoTrainConfig(TrainConfig):
-    epochs: int = rule(8, ge=1)
+    epochs: int = rule(8, ge=1, resumable=True)
     # frames per sub-clip: 0 trains on the whole clip in one causal pass; n > 0 feeds the clip n frames at a time,
     # carrying the stream state detached between sub-clips (memory of one sub-clip; stream models only)
     sub_clip: int = rule(0, ge=0)
@@ -336,8 +366,8 @@ class VideoTrainConfig(TrainConfig):
 class VideoConfig:
     """``leancnn video train``: a video classifier on the moving-digits actions (docs/movinet.md)."""
 
-    name: str = rule("video", name=True)
-    output_dir: str = rule("runs", nonempty=True)
+    name: str = rule("video", name=True, runtime=True)
+    output_dir: str = rule("runs", nonempty=True, runtime=True)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     optim: VideoOptimConfig = field(default_factory=VideoOptimConfig)
@@ -373,7 +403,7 @@ class LatencyModelConfig:
 
 @dataclass
 class LatencyLoadConfig:
-    """One contention level (``leancnn.latency.load.LoadSpec``): ``workers`` CPU hogs busy ``percent`` % of the
+    """One contention level (``leancnn.loadspec.LoadSpec``): ``workers`` CPU hogs busy ``percent`` % of the
     time, optionally pinned (a list of CPU ids, or "spread": one CPU each), by stress-ng or the Python fallback."""
 
     workers: int = 0
@@ -438,7 +468,8 @@ class LatencyConfig:
         if not self.grid.loads and not self.grid.quotas:
             raise ConfigError("config key 'grid': no conditions (grid.loads and grid.quotas are both empty); give at "
                               "least one load level, e.g. grid.loads=[{workers: 0}]")
-        from .latency.load import LoadSpec, allowed_cpus
+        from .loadspec import LoadSpec
+        from .threads import allowed_cpus
 
         cores = len(allowed_cpus())
         for i, q in enumerate(self.grid.quotas):
@@ -524,8 +555,9 @@ class RegisterDataConfig:
     scale: float = rule(0.5, gt=0.0, le=1.0)  # the network's grid = round(scale * fixed shape); the DDF is upsampled
     augment_scale: float = rule(0.1, ge=0.0, lt=1.0)  # random affine augmentation (label-reg: 0.1); 0 = off
     batch_size: int = rule(4, ge=1)
-    num_workers: int = rule(0, ge=0)
-    eval_batch_size: int = rule(1, ge=1)  # unused: evaluation registers one pair at a time (kept for RUNTIME_KEYS)
+    num_workers: int = rule(0, ge=0, runtime=True)
+    # keys of earlier versions, accepted and dropped when read (older checkpoints and configs hold them)
+    RETIRED: ClassVar[tuple[str, ...]] = ("eval_batch_size",)  # evaluation registers one pair at a time
 
 
 @dataclass
@@ -563,16 +595,17 @@ class RegisterScheduleConfig(ScheduleConfig):
 
 @dataclass
 class RegisterTrainConfig(TrainConfig):
-    epochs: int = rule(100, ge=1)  # one epoch = one pass over the training pairs (one label drawn per pair)
-    memory_format: Literal["auto", "channels_last", "contiguous"] = "contiguous"  # 3-D nets: default layout
+    # one epoch = one pass over the training pairs (one label drawn per pair)
+    epochs: int = rule(100, ge=1, resumable=True)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = rule("contiguous", runtime=True)  # 3-D nets
 
 
 @dataclass
 class RegisterConfig:
     """``leancnn register train``: label-driven weakly-supervised registration (docs/registration.md)."""
 
-    name: str = rule("register", name=True)
-    output_dir: str = rule("runs", nonempty=True)
+    name: str = rule("register", name=True, runtime=True)
+    output_dir: str = rule("runs", nonempty=True, runtime=True)
     model: RegisterModelConfig = field(default_factory=RegisterModelConfig)
     data: RegisterDataConfig = field(default_factory=RegisterDataConfig)
     loss: RegisterLossConfig = field(default_factory=RegisterLossConfig)
@@ -588,14 +621,6 @@ class RegisterConfig:
         if self.model.ddf_levels and max(self.model.ddf_levels) > len(self.model.channels):
             raise ConfigError(f"config key 'model.ddf_levels' {self.model.ddf_levels} goes below the bottom level "
                               f"{len(self.model.channels)} of model.channels {self.model.channels}")
-
-
-# Keys that change how a run executes but not what it computes: ignored by run fingerprints (a finished run is
-# reused whatever they are) and free to change on --resume.
-RUNTIME_KEYS = ("name", "output_dir", "data.eval_batch_size", "data.num_workers", "train.threads",
-                "train.memory_format", "train.compile")
-# Keys that may change on --resume (besides RUNTIME_KEYS): more (or as many) epochs, another device.
-RESUMABLE_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.device")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -700,6 +725,8 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
+            if key in getattr(cls, "RETIRED", ()):
+                continue  # a key of an earlier version: accepted and dropped
             raise ConfigError(f"unknown config key {key_path!r}; allowed keys at {where}: " + ", ".join(fields))
         kwargs[key] = _convert(value, hints[key], key_path)
     obj = cls(**kwargs)
@@ -713,6 +740,23 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def derive(cfg: T, changes: dict[str, Any]) -> T:
+    """A new config of ``cfg``'s class with the dotted keys of ``changes`` set, validated as a loaded config is
+    (an unknown key or a value out of range is a :class:`ConfigError` naming the key). ``cfg`` is unchanged: the
+    one way a task derives a config from another (no string overrides, no dict surgery)."""
+    import copy
+
+    raw = to_dict(cfg)
+    for key, value in changes.items():
+        node, parts = raw, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}")
+        node[parts[-1]] = copy.deepcopy(value)
+    return from_dict(type(cfg), raw)
 
 
 # ----------------------------------------------------------------------------------------- loading
