@@ -96,7 +96,7 @@ def identity_rows(args, initial: str) -> list[dict]:
     from leancnn.tasks.register import register_and_score
 
     pairs = PairedNifti(args.data)
-    return register_and_score(None, pairs, 1.0, torch.device("cpu"), initial=initial)
+    return register_and_score(None, pairs, 1.0, torch.device("cpu"), "register", False, initial)
 
 
 def cell(s: dict, digits: int) -> str:

@@ -34,7 +34,7 @@ from leancnn.config import OptimConfig, ScheduleConfig
 from leancnn.data import DOMAINS, DigitsDataset
 from leancnn.nn import TapCroppedConv2d
 from leancnn.nn.layout import convert_model
-from leancnn.tasks.classify import train_loader
+from leancnn.tasks.classification import ClassifyTask, train_loader
 from leancnn.train import DistContext, Trainer, build_optimizer, build_scheduler
 
 CL = torch.channels_last
@@ -74,8 +74,8 @@ def engine_rate(name: str, ds, batch: int, steps: int) -> float:
     opt = build_optimizer(model, OptimConfig())
     sched = build_scheduler(opt, ScheduleConfig(name="constant"), 1, len(loader))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, torch.nn.CrossEntropyLoss(), opt, sched, loader, None, 1, tmp, torch.device("cpu"),
-                          memory_format=CL)
+        trainer = Trainer(model=model, task=ClassifyTask(torch.nn.CrossEntropyLoss()), optimizer=opt, scheduler=sched,
+                          train_loader=loader, epochs=1, out_dir=tmp, device=torch.device("cpu"), memory_format=CL)
         x, y, _ = next(iter(loader))  # warm-up outside the timed epoch, as the step loop's
         step_rate(model, [(x.contiguous(memory_format=CL), y)] * 2, opt, warmup=1)
         return trainer.train_one_epoch()["train_images_per_s"]

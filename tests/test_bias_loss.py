@@ -173,6 +173,7 @@ def _ddp_worker(rank, world, init_file, features, logits, targets, sync, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync", [True, False])
 def test_ddp_min_max_all_reduced(sync, tmp_path):
     torch.manual_seed(0)
@@ -223,6 +224,7 @@ def test_tap_any_module():
     assert net.fc.weight.grad is not None and net.body[0].weight.grad is not None
 
 
+@pytest.mark.slow
 def test_training_with_bias_loss_logs_diagnostics(tmp_path):
     cfg = load_config(None, ["model.name=resnet20", "loss.name=bias", "loss.normalisation=global",
                              "loss.label_smoothing=0.1", "data.limit_train=256", "data.limit_eval=64",
@@ -237,6 +239,7 @@ def test_training_with_bias_loss_logs_diagnostics(tmp_path):
     assert torch.isfinite(state["loss"]["global_min"])  # the running minimum is saved for exact resume
 
 
+@pytest.mark.slow
 def test_feature_layer_option_and_variance_plot(tmp_path, capsys):
     from leancnn.cli import main
 

@@ -22,8 +22,9 @@ from leancnn.config import ConfigError, load_config, to_dict
 from leancnn.data import DigitsDataset, digits
 from leancnn.models import list_models
 from leancnn.report import figure_suffixes as grid_suffixes
-from leancnn.tasks.classify import build_model, config_from_checkpoint, eval_loader, evaluate_checkpoint
-from leancnn.train import evaluate, load_model_state
+from leancnn.tasks.classify import build_model, config_from_checkpoint, evaluate_checkpoint
+from leancnn.tasks.classification import eval_loader, evaluate
+from leancnn.train import load_model_state
 from leancnn.train.checkpoint import load_checkpoint
 
 LEANCNN = Path(sys.executable).with_name("leancnn")
@@ -108,6 +109,7 @@ def test_no_command_is_a_usage_error(capsys):
 # ----------------------------------------------------------------------------------------- models
 
 
+@pytest.mark.slow
 def test_models_table(capsys):
     r = cli(capsys, "models")
     assert r.code == 0 and r.err == ""
@@ -142,6 +144,7 @@ def test_models_other_channel_count(capsys):
     assert r.code == 0 and table_rows(r.out)["resnet20"][0] == "269,434"  # stem conv 3->1 channels: -288
 
 
+@pytest.mark.slow
 def test_models_table_at_another_size(capsys):
     r = cli(capsys, "models", "--input", "3x64x64")
     assert r.code == 0 and table_rows(r.out)["resnet20"][1] == "162.20M"
@@ -223,6 +226,7 @@ def test_data_grid_writes_the_format_its_suffix_names(capsys, tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+@pytest.mark.slow
 def test_data_grid_largest_row(capsys, tmp_path):
     path = tmp_path / "g.png"
     assert cli(capsys, "data", "grid", "uci", "-o", path, "--per-domain", "100").code == 0
@@ -239,6 +243,7 @@ def test_data_prepare_unknown_domain_builds_nothing(capsys, tmp_path, monkeypatc
     assert not (tmp_path / "digits").exists()
 
 
+@pytest.mark.slow
 def test_data_prepare_progress_only_on_a_terminal(capsys, tmp_path, monkeypatch):
     plain = cli(capsys, "data", "prepare", "uci", "mnist")
     assert plain.code == 0 and plain.err == ""  # stdout is not a terminal: no bar
@@ -384,6 +389,7 @@ def test_evaluate_other_domains(capsys, run):
     assert losses["all (pooled)"] == pytest.approx((750 * losses["syn"] + 269 * losses["uci"]) / 1019, abs=1.1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_pooled_entry_is_image_weighted(run):
     res = evaluate_checkpoint(run.path / "last.pt", ["syn", "uci"], device="cpu", progress=False)
     syn, uci = res["syn"], res["uci"]
@@ -402,6 +408,7 @@ def test_evaluate_pooled_entry_is_image_weighted(run):
     assert res["all"]["loss"] == pytest.approx((750 * syn["loss"] + 269 * uci["loss"]) / 1019, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_evaluate_progress_only_on_a_terminal(capsys, run, monkeypatch):
     plain = cli(capsys, "evaluate", run.path, "--domains", "uci", "syn")
     assert plain.code == 0 and plain.err == ""  # stdout is not a terminal: no bar
@@ -478,6 +485,7 @@ def leancnn_process(*argv, cwd) -> subprocess.CompletedProcess:
     (["train", "optim.lrr=1"], "leancnn train: error: unknown config key 'optim.lrr'"),
     (["evaluate", "garbage.pt"], "leancnn evaluate: error: checkpoint 'garbage.pt' cannot be read ("),
 ], ids=["config", "checkpoint"])
+@pytest.mark.slow
 def test_process_exit_code_and_single_error_line(tmp_path, argv, start):
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 64)
     p = leancnn_process(*argv, cwd=tmp_path)

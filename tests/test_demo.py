@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from leancnn.cli import main
 from leancnn.config import load_config, to_dict
-from leancnn.tasks.demo import DEMO_CONFIG, default_demo_config
+from leancnn.demo import DEMO_CONFIG, default_demo_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,7 @@ def test_demo_yaml_matches_builtin():
     assert to_dict(load_config(ROOT / "configs/demo.yaml")) == to_dict(default_demo_config())
 
 
+@pytest.mark.slow
 def test_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "-o", str(out), "data.limit_train=256", "data.limit_eval=64", "train.epochs=1"])

@@ -42,6 +42,7 @@ def _run_both(model, path, clip):
     return diffs, logits, state, torch_state
 
 
+@pytest.mark.slow
 def test_a0_stream_step_in_onnxruntime_matches_pytorch_frame_by_frame(a0):
     model, path = a0
     clip = torch.randn(1, 3, 6, H, W, generator=torch.Generator().manual_seed(3))
@@ -56,6 +57,7 @@ def test_a0_stream_step_in_onnxruntime_matches_pytorch_frame_by_frame(a0):
         np.testing.assert_allclose(state[key], value.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_stream_export_names_order_and_metadata(a0):
     model, path = a0
     keys = list(model.init_state(1, H, W))
@@ -79,6 +81,7 @@ def test_stream_export_names_order_and_metadata(a0):
         s.step(np.zeros((1, 3, 2, H, W), np.float32))
 
 
+@pytest.mark.slow
 def test_a3_stream_with_positional_encoding_exports(tmp_path):
     model = randomised("movinet_a3_stream")
     path = export_stream_step(model, tmp_path / "a3.onnx", 32, 24, batch=2, frames=2, exporter="torchscript")
@@ -94,6 +97,7 @@ def test_a3_stream_with_positional_encoding_exports(tmp_path):
     assert ort.metadata["leancnn.exporter"] == "torchscript"
 
 
+@pytest.mark.slow
 def test_unfused_export_and_the_callers_model_untouched(tmp_path):
     model = randomised("movinet_a0_stream").train()  # exported in eval mode from a copy
     before = copy.deepcopy(model.state_dict())
@@ -121,6 +125,7 @@ def test_bad_exports_are_refused_naming_the_argument(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
 
 
+@pytest.mark.slow
 def test_plain_classifier_export_matches_pytorch(tmp_path):
     import onnxruntime as ort
 
@@ -154,6 +159,7 @@ def test_onnx_stream_errors(tmp_path):
 # ------------------------------------------------------------------------------ the inference (fused) form
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["movinet_a0_stream", "movinet_a3_stream", "movinet_a5_stream"])
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 def test_fused_model_gives_the_whole_clip_logits_for_any_chunking(name, fmt):

@@ -45,6 +45,7 @@ overrides = st.lists(st.builds(as_override, keys, values), max_size=4)
 raw_overrides = st.lists(st.text(max_size=20), max_size=3)  # anything at all, '=' or not
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.dictionaries(st.one_of(st.sampled_from(SECTIONS), st.text(max_size=6)),
                        st.one_of(values, st.dictionaries(st.sampled_from([k.split(".")[-1] for k in KEYS]), values,
@@ -73,6 +74,7 @@ def _assert_one_line(err: str, command: str) -> None:
     assert err.count("\n") == 1 and err.startswith(f"leancnn {command}: error: ") and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 @FUZZ
 @given(ovs=overrides, junk=raw_overrides)
 def test_train_never_tracebacks_nor_half_writes(monkeypatch, capsys, tiny_overrides, ovs, junk):
@@ -110,6 +112,7 @@ def tiny_run(tmp_path_factory, tiny_overrides):
     return path
 
 
+@pytest.mark.slow
 @FUZZ
 @given(which=st.sampled_from(["run", "last", "best", "garbage", "empty", "missing", ""]),
        domains=st.one_of(st.none(), st.lists(st.sampled_from(["mnist", "uci", "svhn", "", "mnist "]), min_size=1,
@@ -118,10 +121,12 @@ def tiny_run(tmp_path_factory, tiny_overrides):
        plot=st.sampled_from([None, "ok.png", "/proc/leancnn/x.png", "missing-dir/x.png", "", "x.txt", "."]))
 def test_evaluate_never_tracebacks(monkeypatch, capsys, tiny_run, which, domains, split, device, plot):
     capsys.readouterr()
-    import leancnn.tasks.classify as classify
+    from torch.utils.data import DataLoader, Subset
 
-    monkeypatch.setattr(classify, "eval_loader",  # evaluate 64 images per set: the fuzz is about the arguments
-                        lambda ds, bs, nw=0: classify.DataLoader(classify.Subset(ds, range(min(64, len(ds)))), bs))
+    import leancnn.tasks.digits as digits
+
+    monkeypatch.setattr(digits, "eval_loader",  # evaluate 64 images per set: the fuzz is about the arguments
+                        lambda ds, bs, nw=0: DataLoader(Subset(ds, range(min(64, len(ds)))), bs))
     paths = {"run": tiny_run, "last": tiny_run / "last.pt", "best": tiny_run / "best.pt", "empty": tiny_run.parent / "empty",
              "garbage": tiny_run.parent / "garbage.pt", "missing": tiny_run.parent / "nope.pt", "": ""}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +158,7 @@ def test_evaluate_never_tracebacks(monkeypatch, capsys, tiny_run, which, domains
 def test_lodo_never_tracebacks_nor_writes_before_training(monkeypatch, capsys, tiny_overrides, targets, seeds,
                                                           variants, ovs):
     capsys.readouterr()
-    monkeypatch.setattr("leancnn.tasks.lodo.train", lambda *a, **k: (_ for _ in ()).throw(Started()))
+    monkeypatch.setattr("leancnn.tasks.lodo.train_task", lambda *a, **k: (_ for _ in ()).throw(Started()))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lodo"
         argv = ["lodo", *tiny_overrides, *ovs, "-o", str(out)]

@@ -29,11 +29,12 @@ from leancnn.config import (
 )
 from leancnn.data import video as vdata
 from leancnn.errors import LeancnnError
-from leancnn.latency.load import CpuQuota
+from leancnn.latency.quota import CpuQuota
 from leancnn.models import create_model
 from leancnn.prune import global_plan, prunable_groups, ratio_for_target
 from leancnn.tasks import video as tvideo
-from leancnn.tasks.runs import resolve_checkpoint, run_kind
+from leancnn.tasks.protocol import get_task, legacy_task
+from leancnn.tasks.runs import resolve_checkpoint
 from leancnn.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,14 +68,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 # ----------------------------------------------------------------------------------------- kinds of run
 
 
-def test_run_kind_is_read_from_the_config_shape():
-    assert run_kind(to_dict(ExperimentConfig())) == "classifier"
+def test_the_task_of_an_older_checkpoint_is_read_from_the_config_shape():
+    def kind(config):  # what a checkpoint without the "task" field is taken for
+        return get_task(legacy_task(config)).kind_of({"config": config})
+
+    assert kind(to_dict(ExperimentConfig())) == "classifier"
     pruned = to_dict(ExperimentConfig())
     pruned["model"]["pruned"] = {"conv1.0": [0, 1]}
-    assert run_kind(pruned) == "pruned classifier"
-    assert run_kind(to_dict(VideoConfig())) == "video"
-    assert run_kind(to_dict(RegisterConfig())) == "registration"
-    assert run_kind(None) == run_kind({}) == run_kind({"model": 3}) == "unknown"
+    assert kind(pruned) == "pruned classifier"
+    assert kind(to_dict(VideoConfig())) == "video"
+    assert kind(to_dict(RegisterConfig())) == "registration"
+    assert legacy_task(None) is legacy_task({}) is legacy_task({"model": 3}) is None
 
 
 KIND_CASES = [  # (argv with {run} placeholders, command shown, given kind, needed kind)

@@ -20,7 +20,7 @@ from helpers.procs import default_sigint, proc_stat
 from leancnn.cli import main
 from leancnn.errors import Terminated
 from leancnn.interrupts import sigterm_raises
-from leancnn.prune.blend import evolve
+from leancnn.prune.search import evolve
 
 TINY = ["model.name=digits_cnn", "data.limit_train=256", "data.limit_eval=128", "data.batch_size=64",
         "train.epochs=1"]
@@ -105,6 +105,7 @@ def _temp_files(root: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------- prune search pool
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["ctrl-c", "kill"])
 def test_prune_search_with_a_worker_pool_ends_on_interrupt(trained, tmp_path, sig, to_group):
@@ -144,6 +145,7 @@ def test_evolve_terminates_its_pool_when_interrupted():
 # ----------------------------------------------------------------------------------------- loader workers, DDP
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["kill-group"])
 def test_training_with_loader_workers_ends_on_sigterm_to_the_group(tmp_path, sig):
     """``kill -TERM -PGID`` reaches the DataLoader workers too: they end quietly (before: torch made them die
@@ -154,6 +156,7 @@ def test_training_with_loader_workers_ends_on_sigterm_to_the_group(tmp_path, sig
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["while-starting", "while-training"])
 def test_ddp_training_ends_on_ctrl_c(tmp_path, training):
     """``--nproc-per-node 2``: the launcher receives Ctrl-C (the workers run in sessions of their own), stops the
@@ -178,6 +181,7 @@ def test_sigterm_raises_terminated_inside_and_restores_the_handler():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_ddp_workers_end_when_the_launcher_is_killed_outright(tmp_path):
     """SIGKILL of the ``--nproc-per-node`` launcher (it can run no cleanup): its workers, in sessions of their
     own, get SIGTERM from the kernel (parent-death signal) and end within 5 s instead of waiting forever."""

@@ -214,6 +214,7 @@ def test_no_reversal_when_the_orders_agree():
     assert [t["faster"] for t in ab] == ["A", "A"]
 
 
+@pytest.mark.slow
 def test_identical_distributions_give_reversals_no_more_often_than_alpha():
     """200 trials of 2 conditions x 3 models all drawn from one lognormal, no tie margin: the family-wise rate of
     any Holm-significant claim is <= alpha (+ Monte-Carlo slack; measured 2.5 %), so reversals are rarer still

@@ -187,6 +187,7 @@ def test_to_device_converts_images_not_labels():
     assert video.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.slow
 def test_checkpoints_are_layout_free(tmp_path, tiny_overrides):
     """A run trained channels-last saves contiguous tensors; the weights load into either layout with the same
     outputs; a run started in one layout resumes in the other (memory_format may change on resume)."""
@@ -298,6 +299,7 @@ def test_fold_conv_bn_by_hand():
 # ----------------------------------------------------------------------------------------- torch.compile
 
 
+@pytest.mark.slow
 def test_train_compile_runs_and_saves_a_plain_checkpoint(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     summary = train(load_config(overrides=[*tiny_overrides, "data.limit_train=128", "train.compile=true"]),

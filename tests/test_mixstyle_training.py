@@ -30,7 +30,8 @@ from leancnn.tasks.classify import (
 )
 from leancnn.tasks.lodo import parse_variant, plan, run_lodo
 from leancnn.train import DistContext, load_checkpoint
-from leancnn.train.semi import SemiTrainer
+from leancnn.tasks.semi import SemiTask
+from leancnn.train import Trainer
 
 HERE = Path(__file__).parent
 
@@ -47,6 +48,7 @@ THREE = ["data.domains=[mnist,syn,uci]"]
 # ----------------------------------------------------------------------------------------- config + model
 
 
+@pytest.mark.slow
 def test_config_inserts_mixstyle_and_checkpoints_stay_plain(tmp_path, tiny_overrides):
     cfg = cfg_of(*tiny_overrides, *THREE, *MS, "model.mixstyle.p=1.0", "model.mixstyle.alpha=0.3")
     model = build_model(cfg)
@@ -107,6 +109,7 @@ def test_domain_loader_batches_are_two_domain_halves_and_as_long_as_plain():
     assert seen == {(0, 1), (0, 2), (1, 2)}  # every pair of domains occurs
 
 
+@pytest.mark.slow
 def test_domain_sampler_layout_under_two_process_ddp(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -165,6 +168,7 @@ def _record_mixstyle(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_ssdg_trainer_mixes_labelled_with_unlabelled_and_pseudo_labels_without_mixstyle(tmp_path, monkeypatch,
                                                                                         tiny_overrides):
     calls = _record_mixstyle(monkeypatch)
@@ -187,6 +191,7 @@ def test_ssdg_trainer_mixes_labelled_with_unlabelled_and_pseudo_labels_without_m
     assert all(not c["on"] for c in calls[:steps[0]] + calls[steps[-1] + 1:])
 
 
+@pytest.mark.slow
 def test_uda_uses_the_target_train_split_unlabelled(tmp_path, tiny_overrides):
     cfg = cfg_of(*tiny_overrides, *THREE, "data.test_domains=[mnistm]", "data.test_split=test", *MS,
                  "semi.mode=uda", "data.limit_train=64", "data.batch_size=16")
@@ -249,6 +254,7 @@ def test_lodo_plan_holds_each_target_out():
         parse_variant("bad name: a=1")
 
 
+@pytest.mark.slow
 def test_lodo_runs_collects_and_reuses_finished_runs(tmp_path, tiny_overrides, capsys):
     base = apply_overrides({}, list(tiny_overrides))
     variants = {"vanilla": [], "cross": CROSS}
@@ -293,10 +299,11 @@ def test_semi_pseudo_acc_is_null_without_confident_pseudo_labels(tmp_path, capsy
     model = BoundedLogits()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays as it is: pseudo-labels are known
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    trainer = SemiTrainer(model, torch.nn.CrossEntropyLoss(), opt, sched,
-                          DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8), None, 1, tmp_path,
-                          torch.device("cpu"), unlabeled_loader=DataLoader(TensorDataset(x[16:], y[16:]), batch_size=8),
-                          threshold=threshold, weak=lambda t: t, strong=lambda t: t)
+    task = SemiTask(torch.nn.CrossEntropyLoss(), DataLoader(TensorDataset(x[16:], y[16:]), batch_size=8),
+                    threshold=threshold, weak=lambda t: t, strong=lambda t: t)
+    trainer = Trainer(model=model, task=task, optimizer=opt, scheduler=sched,
+                      train_loader=DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8), epochs=1,
+                      out_dir=tmp_path, device=torch.device("cpu"))
     trainer.fit()
     line = (tmp_path / "metrics.jsonl").read_text()
     rec = json.loads(line)
@@ -322,6 +329,7 @@ def test_held_out_wording():
         "100 of the 269 images of the test split of the held-out domain uci, drawn at random (data.limit_eval=100)")
 
 
+@pytest.mark.slow
 def test_lodo_report_says_what_was_tested(tmp_path, tiny_overrides):
     base = apply_overrides({}, list(tiny_overrides))  # data.limit_eval=128
     res = run_lodo(base, {"cut": [], "whole": ["data.limit_eval=0"]}, tmp_path / "a", targets=["uci"], seeds=[0],

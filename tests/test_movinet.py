@@ -26,6 +26,7 @@ GMACS = {"a0": (2.63, 2.43), "a1": (5.87, 5.54), "a2": (11.56, 10.70), "a3": (55
          "a5": (276.3, 261.7)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_parameter_counts_and_macs_match_the_reference(name):
     for stream, params, gmacs in zip((False, True), PARAMS[name], GMACS[name]):

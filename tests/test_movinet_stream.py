@@ -42,6 +42,7 @@ def streamed(model, clip, sizes):
     return logits, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STREAM)
 def test_any_chunking_gives_the_whole_clip_logits(name):
     model = randomised(name)

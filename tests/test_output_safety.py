@@ -205,6 +205,7 @@ STALE = {"train -c": "config.yaml", "video train -c": "config.yaml", "register t
          "latency report": "report.md", "latency compare": "report.md"}  # an earlier output file, replaced
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row, earlier", FORCE_FOLDERS, ids=[r for r, _ in FORCE_FOLDERS])
 def test_force_keeps_a_file_it_did_not_write(inputs, tmp_path, capsys, row, earlier):
     out = tmp_path / "out"
@@ -273,6 +274,7 @@ def test_data_grid_never_writes_into_the_data_cache(tmp_path, monkeypatch, capsy
 # ------------------------------------------------------------------------------------------------ still allowed
 
 
+@pytest.mark.slow
 def test_continuing_a_run_in_its_own_directory_still_works(inputs, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(inputs["clf"], run)

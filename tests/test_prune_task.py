@@ -34,6 +34,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_prune_ea_finetune_evaluate_resume(source, tmp_path, capsys):
     before = _digest(source / "best.pt")
     out = tmp_path / "pruned"
@@ -55,6 +56,7 @@ def test_prune_ea_finetune_evaluate_resume(source, tmp_path, capsys):
     assert load_checkpoint(ft / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_pruned_model_exports_to_onnx(source, tmp_path):
     import onnxruntime as ort
 
@@ -128,6 +130,7 @@ def test_cli_help_lists_every_criterion(capsys):
     assert all(name in text for name in CRITERIA)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet56", "digits_cnn", "mobilenetv3_large", "skipnet_s",
                                   "skipnet_l"])
 def test_every_registered_classifier_prunes_to_the_target(name):

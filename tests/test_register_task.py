@@ -16,14 +16,13 @@ from leancnn.cli import main  # noqa: E402
 from leancnn.config import RegisterConfig, load_config  # noqa: E402
 from leancnn.data.registration import (  # noqa: E402
     PairedNifti,
-    initial_map,
     resize_to_grid,
     to_fixed_grid,
     write_phantoms,
 )
 from leancnn.errors import LeancnnError  # noqa: E402
 from leancnn.outputs import MANIFEST, read_manifest  # noqa: E402
-from leancnn.nn.warp import affine_to_ddf, resize_ddf, warp  # noqa: E402
+from leancnn.nn.warp import affine_to_ddf, initial_map, resize_ddf, warp  # noqa: E402
 from leancnn.tasks import register as R  # noqa: E402
 
 # a tiny network that fits 6 phantom pairs in a few seconds: the end-to-end check that the label-driven loss,
@@ -53,10 +52,12 @@ def trained(phantoms, tmp_path_factory):
 
 def _medians(model, cfg, ids):
     pairs = R.open_pairs(cfg, ids)
-    s = R.summarise_rows(R.register_and_score(model, pairs, cfg.data.scale, torch.device("cpu")))
+    s = R.summarise_rows(R.register_and_score(model, pairs, cfg.data.scale, torch.device("cpu"), "register", False,
+                                                cfg.data.initial))
     return s["gland_dice_after"]["median"], s["landmark_tre_after_mm"]["median"]
 
 
+@pytest.mark.slow
 def test_training_on_phantoms_raises_dice_and_lowers_tre(trained):
     out, cfg, summary = trained
     for name in ("config.yaml", "fingerprint.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json",
@@ -76,6 +77,7 @@ def test_training_on_phantoms_raises_dice_and_lowers_tre(trained):
     assert tre1 < tre0 - 1.0, (tre0, tre1)  # measured: 7.0 -> 4.3 mm
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(phantoms, tmp_path):
     base = [f"data.root={phantoms}", "data.val_pairs=2", "model.channels=[4,8]", "data.augment_scale=0.1"]
     straight = R.train_register(load_config(None, [*base, "train.epochs=2"], cls=RegisterConfig),
@@ -90,6 +92,7 @@ def test_resume_continues_exactly(phantoms, tmp_path):
     assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
 
 
+@pytest.mark.slow
 def test_predict_writes_nifti_on_the_fixed_grid_from_images_only(trained, phantoms, tmp_path):
     out, cfg, _ = trained
     images = tmp_path / "images"
@@ -111,7 +114,7 @@ def test_predict_writes_nifti_on_the_fixed_grid_from_images_only(trained, phanto
     # the file holds what the API predicts, and the warped image is the moving image sampled through it
     model, _ = R.load_register_model(out, torch.device("cpu"))
     pair = R.open_pairs(cfg, None, labels=None, root=images)["case000"]
-    field = R.predict_ddf(model, pair, cfg.data.scale, torch.device("cpu"))
+    field = R.predict_ddf(model, pair, cfg.data.scale, torch.device("cpu"), cfg.data.initial)
     np.testing.assert_allclose(np.asarray(ddf.dataobj)[:, :, :, 0, :], field[0].permute(1, 2, 3, 0).numpy(),
                                atol=1e-5)
     expect = R.warp_moving(pair.moving_image, field, np.asarray(sidecar["fixed_to_moving_voxel"]))
@@ -123,6 +126,7 @@ def test_predict_writes_nifti_on_the_fixed_grid_from_images_only(trained, phanto
                                                                     "case000.nii.gz").shape[3]
 
 
+@pytest.mark.slow
 def test_predict_refuses_and_leaves_nothing(trained, phantoms, tmp_path, capsys):
     out, _, _ = trained
     target = tmp_path / "busy"
@@ -139,6 +143,7 @@ def test_predict_refuses_and_leaves_nothing(trained, phantoms, tmp_path, capsys)
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no staging folder left
 
 
+@pytest.mark.slow
 def test_a_failure_midway_removes_the_partial_folder(trained, phantoms, tmp_path, monkeypatch):
     out, _, _ = trained
     calls = []
@@ -156,6 +161,7 @@ def test_a_failure_midway_removes_the_partial_folder(trained, phantoms, tmp_path
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no staging folder left
 
 
+@pytest.mark.slow
 def test_evaluate_writes_rows_summary_and_pictures(trained, phantoms, tmp_path):
     out, cfg, summary = trained
     assert main(["register", "evaluate", str(out), "--data", str(phantoms), "-o", str(tmp_path / "ev"),
@@ -290,6 +296,7 @@ def _set_labels(path, fill):
     nib.save(nib.Nifti1Image(fill(data), img.affine, img.header), path)
 
 
+@pytest.mark.slow
 def test_evaluate_split_scores_the_recorded_pairs_on_a_subset_folder(trained, phantoms, tmp_path, capsys):
     out, _, summary = trained
     val, train = summary["splits"]["val"], summary["splits"]["train"]
@@ -319,6 +326,7 @@ def test_evaluate_split_scores_the_recorded_pairs_on_a_subset_folder(trained, ph
     assert "the run has no test pairs (data.fold=-1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_split_refuses_other_files_under_the_run_ids(trained, phantoms, tmp_path, capsys):
     out, _, summary = trained
     other = tmp_path / "other"
@@ -334,6 +342,7 @@ def test_evaluate_split_refuses_other_files_under_the_run_ids(trained, phantoms,
     assert main(["register", "evaluate", str(out), "--data", str(other), "--no-png", "-o", str(tmp_path / "e")]) == 0
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_recorded_splits_recomputes_only_on_its_own_folder(trained, phantoms, tmp_path,
                                                                                  capsys):
     out, cfg, summary = trained

@@ -15,7 +15,7 @@ import pytest
 from test_cli import cli, one_error_line
 
 from leancnn.cli import main
-from leancnn.config import RESUMABLE_KEYS, load_config
+from leancnn.config import ExperimentConfig, load_config, resumable_keys
 from leancnn.tasks.classify import run_fingerprint
 from leancnn.tasks.runs import cached_run_state, fingerprint_changes, read_fingerprint
 from leancnn.train import load_checkpoint
@@ -153,7 +153,7 @@ def test_resume_refuses_a_changed_key_and_changes_nothing(capsys, run, override,
     before = snapshot(run)
     msg = one_error_line(cli(capsys, "train", "--resume", run / "last.pt", override, "train.epochs=5"), "train")
     assert msg.startswith(f"cannot resume checkpoint '{run / 'last.pt'}' with '{key}' changed (")
-    assert "on --resume only " + ", ".join(RESUMABLE_KEYS) + " may change" in msg
+    assert "on --resume only " + ", ".join(resumable_keys(ExperimentConfig)) + " may change" in msg
     assert snapshot(run) == before  # config.yaml, last.pt, metrics: as they were
 
 
@@ -234,6 +234,7 @@ def test_cached_run_state(finished, tiny_overrides, tmp_path):
 LODO = ["--targets", "uci", "--seeds", "0"]
 
 
+@pytest.mark.slow
 def test_lodo_retrains_when_the_config_or_a_variant_changes(capsys, tmp_path, tiny_overrides):
     out = tmp_path / "lodo"
     base = [*tiny_overrides, "data.limit_eval=64", "-o", out, *LODO]
@@ -286,6 +287,7 @@ def _process(*argv, cwd, timeout=120):
                           env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_nproc_config_error_is_one_line_without_traceback(tmp_path, tiny_overrides):
     if not LEANCNN.exists():
         pytest.skip(f"{LEANCNN} is not installed")
@@ -296,6 +298,7 @@ def test_nproc_config_error_is_one_line_without_traceback(tmp_path, tiny_overrid
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_nproc_error_inside_the_workers_is_reported_by_rank_0_only(tmp_path, tiny_overrides):
     """An error only the workers can see (here: the run directory appears after the launcher checked it) is
     printed once, by rank 0, and the launcher adds no traceback."""

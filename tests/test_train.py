@@ -42,6 +42,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"tensor {k} differs"
 
 
+@pytest.mark.slow
 def test_resume_after_crash_is_exact(tmp_path):
     cfg = load_config(None, RESUME_OVERRIDES)
     train(cfg, out=tmp_path / "straight", quiet=True)
@@ -70,6 +71,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "leancnn", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_straight_run(tmp_path):
     overrides = ["model.name=digits_cnn", "data.limit_train=1024", "data.limit_eval=64", "data.batch_size=64",
                  "train.epochs=3", "train.threads=1", "optim.lr=0.02"]
@@ -180,6 +182,7 @@ def _replay(world: int, ranks: list[int] | None = None) -> dict[str, torch.Tenso
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equals_averaged_update(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -205,8 +208,8 @@ def test_ddp_two_processes_equals_averaged_update(tmp_path):
 
 def test_loss_that_takes_features_receives_the_last_feature_map(tmp_path):
     from leancnn.config import OptimConfig
-    from leancnn.tasks.classify import eval_loader, train_loader
-    from leancnn.train import DistContext, Trainer, accepts_features, build_optimizer, build_scheduler
+    from leancnn.tasks.classification import ClassifyTask, accepts_features, eval_loader, train_loader
+    from leancnn.train import DistContext, Trainer, build_optimizer, build_scheduler
 
     seen = []
 
@@ -220,8 +223,9 @@ def test_loss_that_takes_features_receives_the_last_feature_map(tmp_path):
     model = create_model("resnet20")
     loader = train_loader(train_ds, 32, 0, DistContext())
     opt = build_optimizer(model, OptimConfig())
-    trainer = Trainer(model, feature_loss, opt, build_scheduler(opt, ScheduleConfig(), 1, len(loader)), loader,
-                      eval_loader(val_ds, 64), 1, tmp_path, torch.device("cpu"))
+    trainer = Trainer(model=model, task=ClassifyTask(feature_loss), optimizer=opt,
+                      scheduler=build_scheduler(opt, ScheduleConfig(), 1, len(loader)), train_loader=loader,
+                      val_loader=eval_loader(val_ds, 64), epochs=1, out_dir=tmp_path, device=torch.device("cpu"))
     trainer.fit()
     assert seen == [(32, 64, 8, 8)] * 2  # ResNet-20's last stage, before pooling
     assert (tmp_path / "best.pt").exists()
@@ -257,8 +261,9 @@ def test_the_engine_runs_a_task_it_does_not_know(tmp_path, capsys):
     loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), loader, (x, y), 3,
-                      tmp_path, torch.device("cpu"), task=_RegressTask())
+    trainer = Trainer(model=model, task=_RegressTask(), optimizer=opt,
+                      scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), train_loader=loader,
+                      val_loader=(x, y), epochs=3, out_dir=tmp_path, device=torch.device("cpu"))
     history = trainer.fit()
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and "train loss" in out[0] and " mae " in out[0] and "val mae" in out[0]
@@ -271,7 +276,8 @@ def test_the_engine_runs_a_task_it_does_not_know(tmp_path, capsys):
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     assert best["best_metric"] == "val_mae" and best["epoch"] == 1 + maes.index(min(maes))
     # exact resume of a finished run restores the best value
-    again = Trainer(model, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), loader, (x, y), 3,
-                    tmp_path, torch.device("cpu"), task=_RegressTask())
+    again = Trainer(model=model, task=_RegressTask(), optimizer=opt,
+                    scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), train_loader=loader,
+                    val_loader=(x, y), epochs=3, out_dir=tmp_path, device=torch.device("cpu"))
     again.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
     assert again.best == trainer.best and again.epoch == 3

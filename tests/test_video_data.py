@@ -233,6 +233,7 @@ def test_partner_classes_are_exact_time_reversals_of_the_same_draws():
         assert envelope[0] < 0.2 and envelope[-1] < 0.2 and envelope[frames // 2] > 0.8
 
 
+@pytest.mark.slow
 def test_frame_average_carries_no_direction(cache):
     """Within a pair, the frame average looks the same, although the last (or first) frame differs a lot.
     With 300 videos per class the standard error of the effect size (Cohen's d) is about 0.08."""

@@ -15,6 +15,7 @@ from leancnn.config import VideoConfig, load_config
 from leancnn.data import video as vdata
 from leancnn.errors import LeancnnError
 from leancnn.tasks import video
+from leancnn.tasks.classification import ClassifyTask
 from leancnn.train import Trainer
 
 TINY = ["data.frames=8", "data.height=24", "data.width=24", "data.train=40", "data.val=20", "data.test=20",
@@ -44,6 +45,7 @@ def test_a_run_writes_what_an_image_run_writes(run):
     assert set(summary["test"]) == {"forward", "reversed"} and summary["test"]["forward"]["n"] == 20
 
 
+@pytest.mark.slow
 def test_resume_extends_the_run_exactly(run, tmp_path):
     out, _ = run
     cfg = load_config(None, [*TINY, "train.epochs=2"], cls=VideoConfig)
@@ -58,11 +60,12 @@ def test_resume_extends_the_run_exactly(run, tmp_path):
 def _one_step_grads(model, clip, labels, sub_clip):
     cfg = load_config(None, [*TINY, f"train.sub_clip={sub_clip}"], cls=VideoConfig)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = Trainer(model, torch.nn.CrossEntropyLoss(), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1),
-                      [], None, 1, "unused", torch.device("cpu"),
-                      step=video.sub_clip_step(sub_clip) if sub_clip else None)
+    task = ClassifyTask(torch.nn.CrossEntropyLoss(), step=video.sub_clip_step(sub_clip) if sub_clip else None)
+    trainer = Trainer(model=model, task=task, optimizer=opt,
+                      scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1), train_loader=[], epochs=1,
+                      out_dir="unused", device=torch.device("cpu"))
     opt.zero_grad()
-    loss, logits = (trainer.step or Trainer.classify_step)(trainer, clip, labels)
+    loss, logits = task.forward(trainer, clip, labels)
     assert cfg.train.sub_clip == sub_clip
     return loss, logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -87,6 +90,7 @@ def test_one_sub_clip_is_whole_clip_training_and_shorter_ones_truncate_the_gradi
     assert max((split[2][k] - whole[2][k]).abs().max().item() for k in whole[2]) > 1e-4
 
 
+@pytest.mark.slow
 def test_sub_clip_training_runs_and_refuses_models_without_state(cache, tmp_path):
     summary = video.train_video(load_config(None, [*TINY, "train.sub_clip=3"], cls=VideoConfig), out=tmp_path / "s",
                                 quiet=True)
@@ -122,6 +126,7 @@ def test_frame_subset_interleaves():
     assert video.FrameSubset(Clips(), 2, 1)[0][0][0, :, 0, 0].tolist() == [1.0, 3.0, 5.0]
 
 
+@pytest.mark.slow
 def test_ensemble_of_two_half_rate_members(cache, tmp_path):
     runs = []
     for seed in (0, 1):
@@ -208,6 +213,7 @@ def test_video_train_cli_overrides_after_options(cache, tmp_path, capsys):
     assert "image model" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_sub_clip_training_under_ddp(cache, tmp_path):
     """Two processes, several backward passes per step (one per sub-clip): DDP averages each sub-clip's
     gradients and the run checkpoints like any other (rank 0 alone logs)."""

@@ -229,19 +229,19 @@ def _run_latency(args: argparse.Namespace) -> int:
     from .latency import report as lreport
 
     if args.action == "run":
-        from .latency import runner
+        from .tasks import latency as latency_task
 
         if args.resume and not args.out:
             raise LeancnnError("--resume needs --out: the run directory to finish")
         if args.resume and not args.config:  # the run's own config (run.json), with any overrides
-            cfg = runner.resume_config(args.out, args.overrides)
+            cfg = latency_task.resume_config(args.out, args.overrides)
         else:
-            cfg = runner.load_config_file(args.config, args.overrides)
+            cfg = latency_task.load_config_file(args.config, args.overrides)
         if args.quick:
-            cfg = runner.quick_config(cfg)
-        out = Path(args.out) if args.out else runner.default_out(cfg)
-        summary = runner.run(cfg, out, resume=args.resume, force=args.force, report=not args.no_report,
-                             command="leancnn " + " ".join(sys.argv[1:]), config_file=args.config)
+            cfg = latency_task.quick_config(cfg)
+        out = Path(args.out) if args.out else latency_task.default_out(cfg)
+        summary = latency_task.run(cfg, out, resume=args.resume, force=args.force, report=not args.no_report,
+                                   command="leancnn " + " ".join(sys.argv[1:]), config_file=args.config)
         print(f"{summary['measured']} condition(s) measured in {summary['seconds']:.0f} s; run directory {out}")
         if summary.get("report"):
             print(f"report written to {summary['report']}")
@@ -330,7 +330,7 @@ def _add_register_parser(sub) -> None:
     q.add_argument("checkpoint", nargs="?", help="a .pt checkpoint or a run directory; omit with --identity")
     q.add_argument("--identity", action="store_true", help="evaluate no registration (the moving volume mapped "
                                                            "on the fixed grid by --initial)")
-    q.add_argument("--initial", default="centre", choices=["centre", "corners"],
+    q.add_argument("--initial", default=None, choices=["centre", "corners"],
                    help="with --identity: centres aligned, mm kept (default), or corner to corner (label-reg)")
     q.add_argument("--data", required=True, help="a labelled paired folder")
     q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
@@ -455,7 +455,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_register(args)
     elif args.command == "demo":
         from .config import load_config
-        from .tasks.demo import default_demo_config, run_demo
+        from .demo import default_demo_config, run_demo
 
         cfg = load_config(args.config, args.overrides) if args.config else default_demo_config(args.overrides)
         run_demo(cfg, out=args.out, force=args.force, config_file=args.config)

@@ -117,6 +117,34 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
     return save_figure(fig, path)
 
 
+def plot_history(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Every metric of a run's history per epoch, one panel per metric (train and validation together): the
+    curves of a task that has no figure of its own."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    skip = ("per_s", "train_seconds")
+    names = list(dict.fromkeys(k.split("_", 1)[1] for r in history for k, v in r.items()
+                               if k.startswith(("train_", "val_")) and not k.endswith(skip)
+                               and isinstance(v, (int, float)) and not isinstance(v, bool)))
+    if not names:
+        raise ValueError("the history holds no train_/val_ metric to plot")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for prefix, style in (("train", "o-"), ("val", "s-")):
+            pts = [(r["epoch"], r[f"{prefix}_{name}"]) for r in history
+                   if isinstance(r.get(f"{prefix}_{name}"), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, label=prefix)
+        ax.set(xlabel="epoch", title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def plot_variance_correctness(variance, correct, path: str | Path, title: str = "", bins: int = 10) -> Path:
     """Feature variance against correctness: histograms of log-variance for right and wrong predictions,
     and accuracy per variance decile (the low-diversity samples Bias Loss down-weights sit on the left)."""

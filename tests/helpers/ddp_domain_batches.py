@@ -7,7 +7,7 @@ import sys
 import torch
 
 from leancnn.nn.mixstyle import MixStyle
-from leancnn.tasks.classify import train_loader
+from leancnn.tasks.classification import train_loader
 from leancnn.train import cleanup_distributed, init_distributed
 
 

@@ -26,7 +26,9 @@ from ..data import DOMAINS
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text
 from ..outputs import check_output, check_output_dir
-from .classify import check_experiment, run_fingerprint, train
+from .digits import check_experiment, held_out_wording, run_fingerprint
+from .lifecycle import train_task
+from .protocol import get_task
 from .runs import RunState, cached_run_state, check_path_arg, checkpoint_inputs, data_inputs
 
 
@@ -121,8 +123,9 @@ def execute(runs: list[LodoRun], shard: tuple[int, int] = (0, 1), quiet: bool = 
     for k, (run, st) in enumerate(todo, 1):
         note = {"resume": " (resuming)", "stale": f" (retraining: {st.reason})"}.get(st.action, "")
         print(f"[{k}/{len(todo)}] {run.variant}: target {run.target}, seed {run.seed}{note}", flush=True)
-        train(run.config, out=run.run_dir, resume=run.run_dir / "last.pt" if st.action == "resume" else None,
-              quiet=quiet, force=st.action == "stale")
+        resume = run.run_dir / "last.pt" if st.action == "resume" else None
+        train_task(get_task("classify"), run.config, out=run.run_dir, resume=resume, quiet=quiet,
+                   force=st.action == "stale")
 
 
 def collect(runs: list[LodoRun]) -> dict:
@@ -142,7 +145,6 @@ def tested_on(runs: list[LodoRun]) -> dict[str, str]:
     """Per target, in words, what its finished runs were tested on, from the image count each run measured
     (its summary.json): "the whole held-out domain ..." only when ``data.limit_eval`` / ``data.test_split``
     cut nothing. Variants tested on different sets are named."""
-    from .classify import held_out_wording
 
     words: dict[tuple, str] = {}
     per_target: dict[str, dict[str, list[str]]] = {}

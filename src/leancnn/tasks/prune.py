@@ -24,7 +24,6 @@ the end: a failed or interrupted prune leaves no partial output (fine-tuning, a 
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,14 +34,16 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from .. import report
-from ..config import ExperimentConfig, PruneConfig, apply_overrides, dump_config, from_dict, to_dict
+from ..config import ExperimentConfig, PruneConfig, derive, dump_config, from_dict, to_dict
 from ..data.digits import SIZE
 from ..errors import LeancnnError
 from ..io import atomic_write_json
 from ..nn.counting import count_macs, count_params
 from ..outputs import check_output, check_output_dir, record_outputs, staged_dir
-from ..train import load_checkpoint, load_model_state, save_checkpoint
-from .classify import build_datasets, build_model, config_from_checkpoint, test_model, train
+from ..train import load_checkpoint, save_checkpoint
+from .digits import build_datasets, test_model
+from .lifecycle import train_task
+from .protocol import get_task
 
 INPUT = (3, SIZE, SIZE)
 PRUNE_FILES = ("scores.npz", "criteria_correlation.png", "pruned.pt", "config.yaml", "summary.json")
@@ -55,15 +56,12 @@ ANALYSE_FILES = ("criteria_correlation.png", "clustering.json")
 def load_source(path: str | Path) -> tuple[ExperimentConfig, nn.Module, Path]:
     """The classifier of a run directory or checkpoint, with its config (a video or registration run is
     refused: the Python API ``leancnn.prune.prune_model`` prunes any other model)."""
-    from .runs import CLASSIFIER_KINDS, expect_kind, resolve_checkpoint
+    from .protocol import load_run
+    from .runs import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path, "source")
-    state = load_checkpoint(ckpt)
-    expect_kind(state, CLASSIFIER_KINDS, "leancnn prune", "a digit classifier run")
-    cfg = config_from_checkpoint(state)
-    model = build_model(cfg)
-    load_model_state(model, state, f"checkpoint '{ckpt}'")
-    return cfg, model.eval(), ckpt
+    run = load_run(ckpt, "cpu", ("classify",), "leancnn prune", "a digit classifier run")
+    return run.cfg, run.model, ckpt
 
 
 def fixed_batches(ds, n_images: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -167,7 +165,7 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
     """Prune the classifier of ``source`` as ``pcfg`` says into run directory ``out`` (see module docstring);
     returns the summary (also ``out/summary.json``). ``config_file``: the prune config's file, an input too."""
     from ..prune import check_round_to, compute_scores, get_criterion, prunable_groups, ratio_for_target
-    from ..prune.blend import BlendSpace, evolve
+    from ..prune.search import BlendSpace, evolve
     from ..prune.cluster import cluster_criteria, plot_correlations
 
     t0 = time.perf_counter()
@@ -241,11 +239,11 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
         before = test_model(model, tests, cfg, device)
         after = test_model(pruned, tests, cfg, device)
         macs0, macs1 = count_macs(model, size), count_macs(pruned, size)
-        pruned_cfg = from_dict(ExperimentConfig, apply_overrides(to_dict(cfg), [f"name={cfg.name}-pruned"]))
-        pruned_cfg.model.pruned = {g: [int(i) for i in idx] for g, idx in plan.items()}
-        pruned_cfg.model.init = ""
+        pruned_cfg = derive(cfg, {"name": f"{cfg.name}-pruned", "model.init": "",
+                                  "model.pruned": {g: [int(i) for i in idx] for g, idx in plan.items()}})
         save_checkpoint(work / "pruned.pt", {"model": pruned.state_dict(), "config": to_dict(pruned_cfg),
-                                              "model_name": cfg.model.name, "epoch": 0, "source": str(ckpt)})
+                                              "model_name": cfg.model.name, "epoch": 0, "source": str(ckpt),
+                                              "task": "classify"})
         (work / "config.yaml").write_text(dump_config(pruned_cfg))
         weights = {c: float(w) for c, w in zip(criterion.criteria, np.asarray(criterion.weights)[0])}
         summary = {
@@ -278,20 +276,16 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
 def finetune_config(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig) -> ExperimentConfig:
     """The source run's config, on the pruned architecture, started from the pruned weights, for
     ``finetune_epochs`` at ``finetune_lr`` (cosine, no warm-up)."""
-    state = load_checkpoint(pruned_ckpt)
-    raw = copy.deepcopy(state["config"])
-    raw["model"]["init"] = str(pruned_ckpt)
-    raw["name"] = f"{cfg.name}-finetune"
-    raw["train"]["epochs"] = pcfg.finetune_epochs
-    raw["optim"]["lr"] = pcfg.finetune_lr
-    raw["schedule"]["warmup_epochs"] = 0
+    saved = from_dict(ExperimentConfig, load_checkpoint(pruned_ckpt)["config"])
+    changes = {"model.init": str(pruned_ckpt), "name": f"{cfg.name}-finetune", "train.epochs": pcfg.finetune_epochs,
+               "optim.lr": pcfg.finetune_lr, "schedule.warmup_epochs": 0}
     if pcfg.finetune_limit_train:
-        raw["data"]["limit_train"] = pcfg.finetune_limit_train
-    return from_dict(ExperimentConfig, raw)
+        changes["data.limit_train"] = pcfg.finetune_limit_train
+    return derive(saved, changes)
 
 
 def finetune(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig, out: Path) -> dict:
-    return train(finetune_config(pruned_ckpt, cfg, pcfg), out=out, quiet=True, force=True)
+    return train_task(get_task("classify"), finetune_config(pruned_ckpt, cfg, pcfg), out=out, quiet=True, force=True)
 
 
 def analyse(source: str | Path, criteria: list[str], out: str | Path, pcfg: PruneConfig,

@@ -6,18 +6,20 @@ A network (:mod:`leancnn.models.regnet`: local, global = affine, or composite) p
 the loss: multi-scale soft Dice (or label cross-entropy) between the warped moving label and the fixed label, plus
 a smoothness regulariser (bending energy, weight 0.5, by default).
 
-**Geometry.** As in label-reg, header world coordinates are not used to pair the volumes: the moving volume is
-mapped onto the fixed grid corner to corner (moving voxel 0 on fixed voxel 0, the last on the last). The network
+**Geometry** (the conventions are in :mod:`leancnn.nn.warp`). Before the network, the moving volume is mapped
+onto the fixed grid by ``data.initial``: ``centre`` (the default) aligns the volumes' centres and keeps millimetres
+from the headers' spacings; ``corners`` maps corner to corner as label-reg does (moving voxel 0 on fixed voxel 0,
+the last on the last; header world coordinates unused). The network
 works on a grid of ``round(data.scale * fixed shape)`` voxels (``scale: 0.5`` halves each axis: 8x fewer voxels,
 what makes CPU training feasible); its DDF is resampled to the full fixed grid (:func:`~leancnn.nn.warp.resize_ddf`)
 before anything is warped or measured, so every metric is computed on the fixed image's own grid: the moving
-label, on its own grid, is sampled at ``(q + ddf(q))`` mapped corner-aligned into the moving volume.
-``ddf`` is in fixed-grid voxel units: the fixed voxel ``q`` corresponds to the moving voxel
-``(q + ddf(q)) * (N_moving - 1) / (N_fixed - 1)`` (per axis).
+label, on its own grid, is sampled at ``(q + ddf(q))`` mapped into the moving volume by that initial mapping.
+``ddf`` is in fixed-grid voxel units (with ``corners``: the fixed voxel ``q`` corresponds to the moving voxel
+``(q + ddf(q)) * (N_moving - 1) / (N_fixed - 1)`` per axis).
 
 **Metrics** (:func:`score_pair`): binary Dice at 0.5 and the target registration error = distance between the
 centroids of the thresholded warped-moving and fixed labels, in mm from the fixed header's voxel spacing; for
-every label of every pair, before (the moving label mapped corner-aligned, no registration) and after. Label 0 is
+every label of every pair, before (the moving label under the initial mapping, no registration) and after. Label 0 is
 the gland (Dice), the others landmarks (TRE), as in the MR-US data. An empty label (no voxel >= 0.5 in the moving
 or the fixed volume) is skipped with a warning and never enters a summary; a registered label that comes out empty
 has no centroid: its TRE is missing (counted in the summary), never 0 or NaN.
@@ -50,7 +52,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import report, threads
-from ..config import RegisterConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
+from ..config import RegisterConfig, apply_overrides, from_dict, load_config
 from ..data.registration import (
     PairedNifti,
     RegistrationDataset,
@@ -64,49 +66,23 @@ from ..data.registration import (
 from ..errors import LeancnnError
 from ..interrupts import loader_worker_init
 from ..io import atomic_write_json, atomic_write_text
-from ..losses.registration import (
-    bending_energy,
-    binary_dice,
-    centroid_distance_mm,
-    gradient_l1,
-    gradient_l2,
-    label_cross_entropy,
-    multiscale_dice_loss,
-)
+from ..losses.registration import RegistrationLoss, batch_binary_dice, binary_dice, centroid_distance_mm
 from ..models.regnet import build_regnet, count_params
 from ..nn.warp import resize_ddf, resize_volume, warp
 from ..outputs import check_output, check_output_dir, staged_dir
-from ..train import (
-    DistContext,
-    Task,
-    Trainer,
-    build_optimizer,
-    build_scheduler,
-    cleanup_distributed,
-    load_checkpoint,
-    load_model_state,
-    seed_everything,
-)
+from ..train import DistContext, Task, load_checkpoint
 from ..train.engine import progress_enabled
+from .lifecycle import train_task
+from .protocol import Prepared, TaskSpec, expect_task, load_run, register_task
 from .runs import (
-    agree,
     check_path_arg,
-    check_run_dir,
     check_run_output,
     checkpoint_inputs,
     default_run_dir,
-    expect_kind,
-    fingerprint,
-    resolve_checkpoint,
     resolve_device,
-    restore_trainer,
-    resume_state,
-    start_process,
-    start_run_dir,
 )
 
 GLAND = 0  # label index of the gland (Dice); the others are landmarks (TRE)
-REGULARISERS = {"bending": bending_energy, "gradient_l2": gradient_l2, "gradient_l1": gradient_l1}
 CSV_FIELDS = ("pair", "label", "structure", "dice_before", "dice_after", "tre_before_mm", "tre_after_mm",
               "fixed_voxels")
 
@@ -273,7 +249,7 @@ def affine_lr_scales(model: nn.Module, scale: float) -> dict[str, float]:
 
 @torch.no_grad()
 def predict_ddf(model: nn.Module | None, pair: RegistrationPair, scale: float, device: torch.device,
-                initial: str = "centre") -> torch.Tensor:
+                initial: str) -> torch.Tensor:
     """The DDF (1, 3, X, Y, Z) of one pair on its full fixed grid, fixed voxel units (zeros for ``model=None``:
     no registration), relative to the ``initial`` mapping. Images only: labels are not read."""
     fixed_shape = pair.fixed_image.shape
@@ -300,7 +276,7 @@ def warp_moving(volume: np.ndarray, ddf: torch.Tensor, matrix: np.ndarray, mode:
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def score_pair(pair: RegistrationPair, ddf: torch.Tensor, initial: str = "centre") -> list[dict]:
+def score_pair(pair: RegistrationPair, ddf: torch.Tensor, initial: str) -> list[dict]:
     """One row per non-empty label: Dice and TRE before (the ``initial`` mapping alone) and after ``ddf``."""
     if pair.moving_label is None:
         raise LeancnnError(f"pair '{pair.id}' has no labels to evaluate")
@@ -381,7 +357,7 @@ def write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 def register_and_score(model: nn.Module | None, pairs: PairedNifti, scale: float, device: torch.device,
-                       desc: str = "register", progress: bool = False, initial: str = "centre",
+                       desc: str, progress: bool, initial: str,
                        on_pair=None) -> list[dict]:
     """Register every pair and score every non-empty label; empty labels are left out with one warning (they are
     ``pairs.empty_labels()``). ``on_pair(pair, ddf, rows)`` is called after each pair."""
@@ -414,16 +390,10 @@ class RegisterTask(Task):
 
     def __init__(self, cfg: RegisterConfig, grid: Sequence[int], val_pairs: PairedNifti | None = None):
         self.cfg, self.grid, self.val_pairs = cfg, tuple(grid), val_pairs
-        self.regulariser = REGULARISERS[cfg.loss.regulariser]
-        self.sigmas = tuple(cfg.loss.sigmas)
+        self.loss = RegistrationLoss.from_config(cfg.loss)
 
     def start_epoch(self, trainer):
         trainer.train_loader.dataset.set_epoch(trainer.epoch)  # new label draws and augmentations
-
-    def label_loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        if self.cfg.loss.label == "dice":
-            return multiscale_dice_loss(warped, fixed, self.sigmas)
-        return label_cross_entropy(warped, fixed)
 
     def train_step(self, trainer, batch):
         dev = trainer.device
@@ -431,15 +401,10 @@ class RegisterTask(Task):
         out = trainer.net(mov, fix)
         ddf = out["ddf"]
         warped = warp(mlab, ddf)
-        label = self.label_loss(warped, flab)
-        reg = self.regulariser(ddf)
-        loss = label + self.cfg.loss.weight * reg
+        loss, label, reg = self.loss(warped, flab, ddf)
         trainer.backward(loss)
         with torch.no_grad():
-            p, t = warped >= 0.5, flab >= 0.5
-            inter = (p & t).flatten(1).sum(1).double()
-            total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
-            dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+            dice = batch_binary_dice(warped, flab)
         n = mov.shape[0]
         return {"n": n, "loss": loss.item() * n, "label": label.item() * n, "reg": reg.item() * n,
                 "dice": dice.sum().item()}
@@ -464,17 +429,16 @@ def _train_loader(ds: RegistrationDataset, cfg: RegisterConfig, ctx: DistContext
                       num_workers=cfg.data.num_workers, worker_init_fn=loader_worker_init)
 
 
-def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: str | Path | None = None,
-                   quiet: bool = False, force: bool = False, callbacks=()) -> dict:
-    """Train ``cfg`` with the engine. The run directory gets config.yaml, fingerprint.json, metrics.jsonl,
-    last.pt / best.pt, curves.png and summary.json (with the test fold's results and test_per_label.csv when
-    ``data.fold >= 0``). Bad input is refused before any file is written."""
-    seed_everything(cfg.train.seed)
-    splits = split_ids(cfg)  # the data folder and the split: refused before any file is written
-    device, ctx = start_process(cfg.train.device)
-    try:
-        threads.apply(cfg.train.threads)  # auto: the machine's free cores, followed as the run goes
-        seed_everything(cfg.train.seed + ctx.rank)
+class RegisterSpec(TaskSpec):
+    """Label-driven weakly-supervised registration of paired NIfTI volumes (Hu et al. 2018)."""
+
+    name, config_cls, kind = "register", RegisterConfig, "registration"
+    commands = "leancnn register predict | evaluate"
+
+    def check(self, cfg, world_size):
+        return split_ids(cfg)  # the data folder and the split: refused before any file is written
+
+    def prepare(self, cfg, ctx, device, splits, resuming):
         train_pairs = open_pairs(cfg, splits["train"])
         grid = net_shape(fixed_grid(train_pairs), cfg.data.scale)
         val_pairs = open_pairs(cfg, splits["val"]) if splits["val"] else None
@@ -490,52 +454,60 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
         if len(loader) == 0:
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
         model = build_model(cfg, grid)
-        optimizer = build_optimizer(model, cfg.optim, affine_lr_scales(model, cfg.optim.affine_lr_scale))
-        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
-        state = resume_state(resume, cfg, model, device)
-        run_dir = Path(check_path_arg(out, "-o") or default_run_dir(cfg))
-        agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
-        task = RegisterTask(cfg, grid, val_pairs)
-        trainer = Trainer(model, None, optimizer, scheduler, loader, val_pairs, cfg.train.epochs, run_dir, device,
-                          to_dict(cfg), cfg.train.grad_clip, cfg.train.amp, ctx, list(callbacks),
-                          compile=cfg.train.compile, task=task, meta={"grid": list(grid), "splits": splits})
+        meta = {"grid": list(grid), "splits": splits}
         if ctx.is_main:  # `register evaluate --split` scores these very pairs (run_split)
-            trainer.meta["split_digests"] = {k: data_identity(cfg.data.root, v)["pairs"] for k, v in splits.items()
-                                             if k != "train" and v}
-        if state is not None:
-            restore_trainer(trainer, state)
-        fp = fingerprint(cfg, data_identity(cfg.data.root, [*splits["train"], *splits["val"]])) \
-            if ctx.is_main else None
-        if ctx.is_main:
-            start_run_dir(run_dir, dump_config(cfg), fp, force, state["path"] if state else None,
-                          extending=state is not None and trainer.epoch < cfg.train.epochs)
-            if not quiet:
-                print(f"{cfg.model.kind} network, {count_params(model):,} parameters, grid "
-                      f"{'x'.join(map(str, grid))}; {len(splits['train'])} training / {len(splits['val'])} "
-                      f"validation / {len(splits['test'])} test pairs", flush=True)
-        history = trainer.fit()
-        summary: dict = {}
-        if ctx.is_main:
-            best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")
-            load_model_state(model, load_checkpoint(best, device), str(best))
-            summary = {"run_dir": str(run_dir), "kind": cfg.model.kind, "params": count_params(model),
-                       "grid": list(grid), "epochs": cfg.train.epochs, "best_val_dice": _finite(trainer.best),
-                       "checkpoint": str(best), "splits": splits, "history": history,
-                       "fingerprint": fp["fingerprint"], "threads": threads.record()}
-            if splits["test"]:
-                rows = register_and_score(model, test_pairs, cfg.data.scale, device, "test",
-                                          progress_enabled(ctx), cfg.data.initial)
-                write_rows_csv(run_dir / "test_per_label.csv", rows)
-                summary["test"] = summarise_rows(rows)
-            atomic_write_json(run_dir / "summary.json", summary)
-            plot_register_curves(history, run_dir / "curves.png", f"{cfg.name}: {cfg.model.kind}")
-            if not quiet:
-                if "test" in summary:
-                    print(report.format_table(summary_rows(summary["test"]), SUMMARY_HEADERS))
-                print(f"run written to {run_dir}")
-        return summary
-    finally:
-        cleanup_distributed()
+            meta["split_digests"] = {k: data_identity(cfg.data.root, v)["pairs"] for k, v in splits.items()
+                                     if k != "train" and v}
+        return Prepared(model=model, task=RegisterTask(cfg, grid, val_pairs), train_loader=loader,
+                        val_loader=val_pairs, lr_scales=affine_lr_scales(model, cfg.optim.affine_lr_scale),
+                        meta=meta, extra={"splits": splits, "grid": grid, "test_pairs": test_pairs})
+
+    def data_identity(self, cfg, prepared):
+        splits = prepared.extra["splits"]
+        return data_identity(cfg.data.root, [*splits["train"], *splits["val"]])
+
+    def announce(self, cfg, prepared):
+        splits, grid = prepared.extra["splits"], prepared.extra["grid"]
+        print(f"{cfg.model.kind} network, {count_params(prepared.model):,} parameters, grid "
+              f"{'x'.join(map(str, grid))}; {len(splits['train'])} training / {len(splits['val'])} "
+              f"validation / {len(splits['test'])} test pairs", flush=True)
+
+    def summarise(self, cfg, prepared, trainer, device, ctx, run_dir):
+        splits, model = prepared.extra["splits"], prepared.model
+        out = {"kind": cfg.model.kind, "params": count_params(model), "grid": list(prepared.extra["grid"]),
+               "epochs": cfg.train.epochs, "best_val_dice": _finite(trainer.best), "splits": splits}
+        if splits["test"]:
+            rows = register_and_score(model, prepared.extra["test_pairs"], cfg.data.scale, device, "test",
+                                      progress_enabled(ctx), cfg.data.initial)
+            write_rows_csv(run_dir / "test_per_label.csv", rows)
+            out["test"] = summarise_rows(rows)
+        return out
+
+    def plot_curves(self, history, path, cfg):
+        plot_register_curves(history, path, f"{cfg.name}: {cfg.model.kind}")
+
+    def print_summary(self, summary):
+        if "test" in summary:
+            print(report.format_table(summary_rows(summary["test"]), SUMMARY_HEADERS))
+
+    def model_from_state(self, cfg, state):
+        grid = (state.get("meta") or {}).get("grid")
+        if grid is None:
+            raise LeancnnError(f"checkpoint '{state['path']}' does not record its network grid (meta.grid); it was "
+                               "not written by leancnn register train")
+        return build_model(cfg, grid)
+
+
+SPEC = register_task(RegisterSpec())
+
+
+def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: str | Path | dict | None = None,
+                   quiet: bool = False, force: bool = False, callbacks=()) -> dict:
+    """Train ``cfg`` (the lifecycle of :func:`leancnn.tasks.lifecycle.train_task`). The run directory gets
+    config.yaml, fingerprint.json, metrics.jsonl, last.pt / best.pt, curves.png and summary.json (with the test
+    fold's results and test_per_label.csv when ``data.fold >= 0``). Bad input is refused before any file is
+    written."""
+    return train_task(SPEC, cfg, out=out, resume=resume, callbacks=callbacks, quiet=quiet, force=force)
 
 
 def _finite(x: float) -> float | None:
@@ -568,26 +540,28 @@ def plot_register_curves(history: Sequence[dict], path: Path, title: str = "") -
 
 
 def resolve_register_config(config: str | None, overrides: Sequence[str], resume: str | None,
-                            data: str | None) -> RegisterConfig:
+                            data: str | None) -> tuple[RegisterConfig, dict | None]:
+    """The config of ``leancnn register train`` and the checkpoint it resumes (read once; None without one)."""
     overrides = list(overrides) + ([f"data.root={data}"] if data else [])
+    state = None
     if resume is not None:
         state = load_checkpoint(check_path_arg(resume, "--resume"))
-        expect_kind(state, ("registration",), "leancnn register train --resume", "a registration run")
+        expect_task(state, ("register",), "leancnn register train --resume", "a registration run")
         if not config:
-            return from_dict(RegisterConfig, apply_overrides(dict(state.get("config") or {}), overrides))
-    return load_config(config, overrides, cls=RegisterConfig)
+            return from_dict(RegisterConfig, apply_overrides(dict(state.get("config") or {}), overrides)), state
+    return load_config(config, overrides, cls=RegisterConfig), state
 
 
 def train_command(config: str | None, overrides: Sequence[str], data: str | None = None, resume: str | None = None,
                   out: str | None = None, force: bool = False) -> int:
     """``leancnn register train``."""
-    cfg = resolve_register_config(config, overrides, resume, data)
+    cfg, state = resolve_register_config(config, overrides, resume, data)
     out_path = check_path_arg(out, "-o")
-    if resume is not None and out_path is None:
-        out_path = Path(load_checkpoint(resume)["path"]).parent
+    if state is not None and out_path is None:
+        out_path = Path(state["path"]).parent
     root = Path(cfg.data.root) if str(cfg.data.root).strip() else None
     check_run_output(out_path or default_run_dir(cfg), config, resume, data=[("data folder", root)])
-    train_register(cfg, out=out_path, resume=resume, force=force)
+    train_register(cfg, out=out_path, resume=state, force=force)
     return 0
 
 
@@ -604,19 +578,8 @@ def load_register_state(path: str | Path, device: torch.device,
                         command: str = "leancnn register") -> tuple[nn.Module, RegisterConfig, dict]:
     """The network, config and checkpoint (its ``meta``: grid, splits) of a registration run or checkpoint; a
     run of another kind is refused naming both kinds."""
-    state = load_checkpoint(resolve_checkpoint(path), device)
-    expect_kind(state, ("registration",), command, "a registration run")
-    try:
-        cfg = from_dict(RegisterConfig, state.get("config") or {})
-    except LeancnnError as e:
-        raise LeancnnError(f"checkpoint '{state['path']}' is not a registration run ({e})") from None
-    grid = (state.get("meta") or {}).get("grid")
-    if grid is None:
-        raise LeancnnError(f"checkpoint '{state['path']}' does not record its network grid (meta.grid); it was not "
-                           "written by leancnn register train")
-    model = build_model(cfg, grid)
-    load_model_state(model, state, f"checkpoint '{state['path']}'")
-    return model.to(device).eval(), cfg, state
+    run = load_run(path, device, ("register",), command, "a registration run")
+    return run.model, run.cfg, run.state
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -688,7 +651,7 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
 
 def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | Path, device: str = "auto",
                     split: str = "all", pictures: bool = True, force: bool = False,
-                    progress: bool | None = None, quiet: bool = False, initial: str = "centre") -> dict:
+                    progress: bool | None = None, quiet: bool = False, initial: str | None = None) -> dict:
     """``leancnn register evaluate``: register every labelled pair (``checkpoint=None``: no registration) and write
     ``per_label.csv`` (one row per pair and non-empty label), ``summary.json`` / ``summary.md`` (gland Dice and
     landmark TRE, medians and quartiles, before and after) and ``pairs/<id>.png`` overlays. ``split``: ``all``
@@ -697,7 +660,7 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
     out = check_output_folder(out, checkpoint, data)
     dev = resolve_device(device)
     if checkpoint is None:
-        cfg = from_dict(RegisterConfig, {"data": {"initial": initial}})
+        cfg = from_dict(RegisterConfig, {"data": {"initial": initial}} if initial else {})  # None: the config's
         model, method = None, f"identity (no registration; {initial} mapping)"
         if split != "all":
             raise LeancnnError("--split test/val needs a checkpoint (the split is the run's)")
@@ -738,9 +701,9 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
 
 
 def overlay_figure(pair: RegistrationPair, ddf: torch.Tensor, rows: Sequence[dict], path: Path,
-                   title: str | None = None, initial: str = "centre") -> Path:
+                   title: str | None = None, *, initial: str) -> Path:
     """One pair at a glance: an axial and a sagittal slice through the fixed gland's centre. Columns: the fixed
-    image with its gland (green); the moving image before registration (corner-aligned on the fixed grid) with
+    image with its gland (green); the moving image before registration (on the fixed grid by the initial mapping) with
     its gland (red) against the fixed one (green); the warped moving image with the warped gland (red) against
     the fixed one; fixed and warped in a checkerboard. Landmarks: fixed centroids as green crosses, moving /
     warped ones as red dots."""

@@ -7,12 +7,13 @@ Rules (docs/training.md, "Runs, resume and reuse"):
   never written into by a new run: ``--resume`` continues it, ``--force`` replaces it (its run files are
   deleted once the new run has passed every check, other files are left alone). Run names are plain names,
   so ``<output_dir>/<name>-<time>`` stays inside ``output_dir``.
-* **Resume.** Only :data:`~leancnn.config.RESUMABLE_KEYS` may differ between the checkpoint's config and the
-  resumed one (``train.epochs`` to extend a run, the device, threads, workers, the eval batch size, the name);
+* **Resume.** Only the resumable keys (:func:`~leancnn.config.resumable_keys`: fields marked ``runtime`` or
+  ``resumable`` in the schema) may differ between the checkpoint's config and the resumed one (``train.epochs`` to
+  extend a run, the device, threads, workers, the eval batch size, the name);
   any other change is refused in one line that names the key. The config file of the run is rewritten only
   once the checkpoint has been restored into the new trainer.
 * **Fingerprints.** Every run writes ``fingerprint.json``: the resolved config without the keys that do not
-  change results (:data:`~leancnn.config.RUNTIME_KEYS`) and the identity (content digest) of the data it reads.
+  change results (:func:`~leancnn.config.runtime_keys`) and the identity (content digest) of the data it reads.
   A command that reuses finished runs (``lodo``, the benchmark scripts) reuses one only when the fingerprint
   matches exactly; otherwise it retrains and says which keys differ.
 """
@@ -29,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import RESUMABLE_KEYS, RUNTIME_KEYS, ExperimentConfig, config_changes, flatten, from_dict, to_dict
+from ..config import ExperimentConfig, config_changes, flatten, from_dict, resumable_keys, runtime_keys, to_dict
 from ..errors import LeancnnError
 from ..io import atomic_write_json
 from ..train.distributed import DistContext, all_gather_objects
@@ -60,15 +61,23 @@ def start_process(device_name: str) -> tuple[torch.device, "DistContext"]:
     return device, ctx
 
 
-def resume_state(resume: str | os.PathLike | None, cfg: Any, model, device: torch.device) -> dict | None:
-    """The checkpoint to resume (None without one), after checking that it may continue ``cfg``
-    (:func:`check_resume`) and loading its weights into ``model`` (the architecture must fit)."""
+def resume_state(resume: str | os.PathLike | dict | None, cfg: Any, model, device: torch.device,
+                 task: str | None = None) -> dict | None:
+    """The checkpoint to resume (None without one; a checkpoint already read is used as it is), after checking
+    that it comes from ``task`` and may continue ``cfg`` (:func:`check_resume`), and loading its weights into
+    ``model`` (the architecture must fit)."""
     if resume is None:
         return None
     from ..train.checkpoint import load_checkpoint, load_model_state
 
-    state = load_checkpoint(resume, device)
+    state = resume if isinstance(resume, dict) else load_checkpoint(resume, device)
     source = f"checkpoint '{state['path']}'"
+    if task is not None:
+        from .protocol import task_of
+
+        if task_of(state) != task:
+            raise LeancnnError(f"{source} was written by the '{task_of(state)}' task; it cannot resume a "
+                               f"'{task}' run")
     check_resume(state.get("config"), cfg, int(state.get("epoch", 0)), source)
     load_model_state(model, state, source)
     return state
@@ -107,46 +116,6 @@ def resolve_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
     return p
 
 
-# ----------------------------------------------------------------------------------------- run kinds
-
-
-CLASSIFIER_KINDS = ("classifier", "pruned classifier")
-KIND_COMMANDS = {  # where a run of each kind goes (the hint of :func:`expect_kind`)
-    "classifier": "leancnn evaluate | prune | latency run",
-    "pruned classifier": "leancnn evaluate | prune | latency run",
-    "video": "leancnn video evaluate | ensemble | stream | export, latency run",
-    "registration": "leancnn register predict | evaluate",
-}
-
-
-def run_kind(config: dict | None) -> str:
-    """The kind of run a checkpoint's config comes from, by its shape: ``"registration"`` (``model.kind``,
-    ``data.root``), ``"video"`` (``data.frames``), ``"pruned classifier"`` (a digit classifier with
-    ``model.pruned``), ``"classifier"`` (``data.domains``, ``model.mixstyle``); ``"unknown"`` otherwise."""
-    if not isinstance(config, dict) or not config:
-        return "unknown"
-    model, data = config.get("model"), config.get("data")
-    model, data = model if isinstance(model, dict) else {}, data if isinstance(data, dict) else {}
-    if "kind" in model or "root" in data:
-        return "registration"
-    if "frames" in data or data.get("name") == "moving_digits":
-        return "video"
-    if "domains" in data or "mixstyle" in model or data.get("name") == "digits":
-        return "pruned classifier" if model.get("pruned") else "classifier"
-    return "unknown"
-
-
-def expect_kind(state: dict, wanted: tuple[str, ...], command: str, need: str) -> str:
-    """Refuse a checkpoint of another kind of run than ``command`` takes (``wanted``, described as ``need``,
-    e.g. "a classifier run"), in one line naming both kinds and where the given run goes. A run of unknown
-    kind passes (its config is checked by the caller). Returns the kind."""
-    kind = run_kind(state.get("config"))
-    if kind == "unknown" or kind in wanted:
-        return kind
-    raise LeancnnError(f"'{state.get('path', 'the checkpoint')}' is a {kind} run, but `{command}` needs {need}; "
-                       f"a {kind} run is for {KIND_COMMANDS[kind]}")
-
-
 def checkpoint_inputs(path: str | os.PathLike | None, what: str) -> list[tuple[str, Path]]:
     """A checkpoint argument (a file, or a run directory) as inputs for :func:`leancnn.outputs.check_output`:
     a run directory; or the file and, when the folder holding it is a run (it has run files), that folder."""
@@ -183,6 +152,13 @@ def data_inputs(*folders: str) -> list[tuple[str, Path]]:
     from ..io import cache_dir
 
     return [(f"data folder ({name} cache)", cache_dir() / name) for name in folders]
+
+
+def run_dir_path(cfg: Any, out: str | os.PathLike | None, ctx: DistContext) -> Path:
+    """``out`` or ``<output_dir>/<name>-<time>``; rank 0 decides, every rank gets the same path (nothing is
+    created yet)."""
+    out = check_path_arg(out, "-o") or default_run_dir(cfg)
+    return Path(all_gather_objects(str(out), ctx)[0])
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -242,7 +218,7 @@ def agree(ctx: DistContext, check: Callable[[], Any]) -> Any:
 
 
 def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epochs: int, source: str) -> None:
-    """Refuse a resume whose config differs from the checkpoint's in a key outside :data:`RESUMABLE_KEYS`, or
+    """Refuse a resume whose config differs from the checkpoint's in a key that is not resumable, or
     that asks for fewer epochs than the checkpoint has already completed."""
     if not saved_config:
         raise LeancnnError(f"{source} holds no config; it cannot be resumed")
@@ -250,12 +226,13 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
         saved = from_dict(type(cfg), saved_config)
     except LeancnnError as e:
         raise LeancnnError(f"{source}: its config no longer validates ({e})") from None
-    changes = config_changes(saved, cfg, ignore=RESUMABLE_KEYS)
+    resumable = resumable_keys(type(cfg))
+    changes = config_changes(saved, cfg, ignore=resumable)
     if changes:
         key, old, new = changes[0]
         more = f" (and {len(changes) - 1} more: {', '.join(k for k, _, _ in changes[1:])})" if len(changes) > 1 else ""
         raise LeancnnError(f"cannot resume {source} with '{key}' changed ({old!r} in the checkpoint, {new!r} now)"
-                           f"{more}; on --resume only {', '.join(RESUMABLE_KEYS)} may change: start a new run "
+                           f"{more}; on --resume only {', '.join(resumable)} may change: start a new run "
                            "to change anything else")
     if cfg.train.epochs < completed_epochs:
         raise LeancnnError(f"train.epochs={cfg.train.epochs} but {source} has already completed {completed_epochs} "
@@ -270,10 +247,12 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
 LATER_DEFAULTS = {"model.pruned": {}, "model.init": ""}
 
 
-def fingerprint(cfg: ExperimentConfig | dict, data: dict[str, str]) -> dict:
-    """What defines a run's results: its config without :data:`RUNTIME_KEYS`, and the digests of its data."""
-    keyed = {k: v for k, v in flatten(to_dict(cfg) if not isinstance(cfg, dict) else cfg).items()
-             if k not in RUNTIME_KEYS and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+def fingerprint(cfg: Any, data: dict[str, str]) -> dict:
+    """What defines a run's results: its config (a config dataclass) without its runtime keys
+    (:func:`~leancnn.config.runtime_keys`), and the digests of its data."""
+    runtime = set(runtime_keys(type(cfg)))
+    keyed = {k: v for k, v in flatten(to_dict(cfg)).items()
+             if k not in runtime and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     blob = json.dumps({"config": keyed, "data": data}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:24], "config": keyed, "data": dict(data)}
 

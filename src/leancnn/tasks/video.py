@@ -24,40 +24,26 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .. import report, threads
-from ..config import VideoConfig, VideoDataConfig, apply_overrides, dump_config, from_dict, load_config, to_dict
+from ..config import VideoConfig, VideoDataConfig, apply_overrides, from_dict, load_config, to_dict
 from ..data import video as vdata
 from ..errors import LeancnnError
-from ..io import atomic_write_json
 from ..models import create_model, get_model_entry
 from ..models.movinet import MoViNet, detach_state
 from ..nn import count_macs
 from ..outputs import check_output, check_output_file
-from ..train import (
-    DistContext,
-    Trainer,
-    build_optimizer,
-    build_scheduler,
-    cleanup_distributed,
-    load_checkpoint,
-    load_model_state,
-    seed_everything,
-)
+from ..train import DistContext, Trainer, load_checkpoint
 from ..train.engine import progress_enabled
-from .classify import check_batch_layout, eval_loader, run_dir_path, train_loader
+from .classification import ClassifyTask, check_batch_layout, eval_loader, train_loader
+from .lifecycle import train_task
+from .protocol import Prepared, TaskSpec, expect_task, load_run, register_task
 from .runs import (
-    agree,
     check_path_arg,
     check_run_dir,
     check_run_output,
     checkpoint_inputs,
     data_inputs,
-    expect_kind,
     resolve_checkpoint,
     resolve_device,
-    restore_trainer,
-    resume_state,
-    start_process,
-    start_run_dir,
     train_cached_with,
     world_size_from_env,
 )
@@ -134,6 +120,9 @@ def is_stream_model(model: nn.Module) -> bool:
 def check_video_experiment(cfg: VideoConfig, world_size: int = 1) -> nn.Module:
     """Every check of a video run that reads no data and writes nothing; returns the model it built."""
     entry = get_model_entry(cfg.model.name)
+    if entry.kind != "classifier":
+        raise LeancnnError(f"config key 'model.name': '{cfg.model.name}' is a {entry.kind} network; video needs a "
+                           "clip model such as movinet_a0_stream or frameavg_r20")
     if len(entry.input_size) != 4:
         raise LeancnnError(f"config key 'model.name': '{cfg.model.name}' is an image model (input "
                            f"{'x'.join(map(str, entry.input_size))}); video needs a clip model such as "
@@ -157,7 +146,8 @@ def check_video_experiment(cfg: VideoConfig, world_size: int = 1) -> nn.Module:
 
 
 def sub_clip_step(frames: int) -> Callable:
-    """The engine step of sub-clip training: ``frames`` frames at a time, state carried detached."""
+    """The step of sub-clip training (a :class:`ClassifyTask` ``step``): ``frames`` frames at a time, the state
+    carried detached, the task's loss averaged over the sub-clips."""
 
     def step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = x.split(frames, dim=2)
@@ -166,7 +156,7 @@ def sub_clip_step(frames: int) -> Callable:
         for chunk in chunks:
             with torch.autocast(trainer.device.type, dtype=torch.float16, enabled=trainer.amp):
                 logits, state = trainer.net(chunk, state=state)
-                loss = trainer.loss_fn(logits, y) / len(chunks)
+                loss = trainer.task.loss(logits, y) / len(chunks)
             trainer.backward(loss)
             state = detach_state(state)
             total += loss.detach()
@@ -227,15 +217,8 @@ def evaluate_video_model(model: nn.Module, cfg: VideoConfig, device: torch.devic
 def load_video_model(path: str | Path, device: torch.device, command: str = "leancnn video",
                      need: str = "a video run") -> tuple[nn.Module, VideoConfig, dict]:
     """The model, config and checkpoint of a video run; a run of another kind is refused naming both kinds."""
-    state = load_checkpoint(path, device)
-    expect_kind(state, ("video",), command, need)
-    try:
-        cfg = from_dict(VideoConfig, state.get("config") or {})
-    except LeancnnError as e:
-        raise LeancnnError(f"checkpoint '{state['path']}' is not a video run ({e})") from None
-    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
-    load_model_state(model, state, f"checkpoint '{state['path']}'")
-    return model.to(device).eval(), cfg, state
+    run = load_run(path, device, ("video",), command, need)
+    return run.model, run.cfg, run.state
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", device: str = "auto",
@@ -254,58 +237,58 @@ def run_fingerprint(cfg: VideoConfig) -> dict:
     return config_fingerprint(cfg, data_identity(cfg))
 
 
-def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | Path | None = None,
-                callbacks=(), quiet: bool = False, force: bool = False) -> dict:
-    """Train ``cfg`` with the engine; the run directory gets what an image run gets (config.yaml,
-    fingerprint.json, metrics.jsonl, last.pt/best.pt, curves.png) and a summary.json with the test accuracy in
-    the frames' order and reversed. Everything that can fail on bad input is checked before a file is written."""
-    seed_everything(cfg.train.seed)
-    model = check_video_experiment(cfg, world_size_from_env())
-    device, ctx = start_process(cfg.train.device)
-    try:
-        threads.apply(cfg.train.threads)  # auto: the machine's free cores, followed as the run goes
-        seed_everything(cfg.train.seed + ctx.rank)
+class VideoSpec(TaskSpec):
+    """Clip classification on moving digits (whole causal clips, or sub-clips with the stream state carried)."""
+
+    name, config_cls, kind = "video", VideoConfig, "video"
+    commands = "leancnn video evaluate | ensemble | stream | export, latency run"
+
+    def check(self, cfg, world_size):
+        return check_video_experiment(cfg, world_size)
+
+    def prepare(self, cfg, ctx, device, model, resuming):
         train_ds = video_dataset(cfg.data, "train", augment=cfg.data.augment, seed=cfg.train.seed)
         val_ds = video_dataset(cfg.data, "val")
         loader = _set_epoch_hook(train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx,
                                               cfg.data.num_workers))
         if len(loader) == 0:
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
-        optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, len(loader))
-        loss = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        state = resume_state(resume, cfg, model, device)
-        run_dir = run_dir_path(cfg, out, ctx)
-        agree(ctx, lambda: check_run_dir(run_dir, force, state["path"] if state else None))
-        trainer = Trainer(model, loss, optimizer, scheduler, loader,
-                          eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers), cfg.train.epochs,
-                          run_dir, device, to_dict(cfg), cfg.train.grad_clip, cfg.train.amp, ctx, list(callbacks),
-                          memory_format=video_memory_format(cfg), compile=cfg.train.compile,
-                          step=sub_clip_step(cfg.train.sub_clip) if cfg.train.sub_clip else None, unit="clips")
-        if state is not None:
-            restore_trainer(trainer, state)  # before anything is written
-        fp = run_fingerprint(cfg) if ctx.is_main else None
-        if ctx.is_main:
-            start_run_dir(run_dir, dump_config(cfg), fp, force, state["path"] if state else None,
-                          extending=state is not None and trainer.epoch < cfg.train.epochs)
-        history = trainer.fit()
-        summary = {}
-        if ctx.is_main:
-            best = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "last.pt")
-            load_model_state(model, load_checkpoint(best, device), str(best))
-            summary = {"run_dir": str(run_dir), "model": cfg.model.name, "epochs": cfg.train.epochs,
-                       "sub_clip": cfg.train.sub_clip, "best_val_acc": trainer.best_acc, "checkpoint": str(best),
-                       "test": evaluate_video_model(model, cfg, device), "history": history,
-                       "fingerprint": fp["fingerprint"], "threads": threads.record()}
-            atomic_write_json(run_dir / "summary.json", summary)
-            report.plot_curves(history, run_dir / "curves.png", title=f"{cfg.name}: {cfg.model.name}")
-            if not quiet:
-                print(report.format_table(result_rows(summary["test"]), ["test clips", "n", "accuracy", "loss",
-                                                                         "errors = reversed action"]))
-                print(f"run written to {run_dir}")
-        return summary
-    finally:
-        cleanup_distributed()
+        task = ClassifyTask(nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), unit="clips",
+                            step=sub_clip_step(cfg.train.sub_clip) if cfg.train.sub_clip else None)
+        return Prepared(model=model, task=task, train_loader=loader, memory_format=video_memory_format(cfg),
+                        val_loader=eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers))
+
+    def data_identity(self, cfg, prepared):
+        return data_identity(cfg)
+
+    def summarise(self, cfg, prepared, trainer, device, ctx, run_dir):
+        return {"model": cfg.model.name, "epochs": cfg.train.epochs, "sub_clip": cfg.train.sub_clip,
+                "best_val_acc": trainer.best_acc, "test": evaluate_video_model(prepared.model, cfg, device)}
+
+    def plot_curves(self, history, path, cfg):
+        report.plot_curves(history, path, title=f"{cfg.name}: {cfg.model.name}")
+
+    def print_summary(self, summary):
+        print(report.format_table(result_rows(summary["test"]), ["test clips", "n", "accuracy", "loss",
+                                                                 "errors = reversed action"]))
+
+    def model_from_state(self, cfg, state):
+        return create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+
+    def input_shape(self, cfg):
+        return (3, cfg.data.frames, cfg.data.height, cfg.data.width)
+
+
+SPEC = register_task(VideoSpec())
+
+
+def train_video(cfg: VideoConfig, out: str | Path | None = None, resume: str | Path | dict | None = None,
+                callbacks=(), quiet: bool = False, force: bool = False) -> dict:
+    """Train ``cfg`` (the lifecycle of :func:`leancnn.tasks.lifecycle.train_task`); the run directory gets what
+    an image run gets (config.yaml, fingerprint.json, metrics.jsonl, last.pt/best.pt, curves.png) and a
+    summary.json with the test accuracy in the frames' order and reversed. Everything that can fail on bad
+    input is checked before a file is written."""
+    return train_task(SPEC, cfg, out=out, resume=resume, callbacks=callbacks, quiet=quiet, force=force)
 
 
 def train_video_cached(cfg: VideoConfig, run_dir: str | Path, quiet: bool = True) -> dict:
@@ -318,13 +301,16 @@ def result_rows(results: dict) -> list[list]:
              f"{100 * r['reversed_share_of_errors']:.0f}%"] for name, r in results.items()]
 
 
-def resolve_video_config(config: str | None, overrides: list[str], resume: str | None) -> VideoConfig:
+def resolve_video_config(config: str | None, overrides: list[str], resume: str | None
+                         ) -> tuple[VideoConfig, dict | None]:
+    """The config of ``leancnn video train`` and the checkpoint it resumes (read once; None without one)."""
+    state = None
     if resume is not None:
         state = load_checkpoint(check_path_arg(resume, "--resume"))
-        expect_kind(state, ("video",), "leancnn video train --resume", "a video run")
+        expect_task(state, ("video",), "leancnn video train --resume", "a video run")
         if not config:
-            return from_dict(VideoConfig, apply_overrides(dict(state.get("config") or {}), overrides))
-    return load_config(config, overrides, cls=VideoConfig)
+            return from_dict(VideoConfig, apply_overrides(dict(state.get("config") or {}), overrides)), state
+    return load_config(config, overrides, cls=VideoConfig), state
 
 
 def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
@@ -334,19 +320,19 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
     from .runs import default_run_dir
 
     out = check_path_arg(out, "-o")
-    cfg = resolve_video_config(config, overrides, resume)
-    if resume is not None and out is None:
-        out = Path(load_checkpoint(resume)["path"]).parent
+    cfg, state = resolve_video_config(config, overrides, resume)
+    if state is not None and out is None:
+        out = Path(state["path"]).parent
     check_run_output(out or default_run_dir(cfg), config, resume, data=data_inputs("video", "digits"))
     if nproc < 1:
         raise LeancnnError(f"--nproc-per-node must be >= 1, got {nproc}")
     if nproc == 1 or world_size_from_env() > 1:
-        train_video(cfg, out=out, resume=resume, force=force)
+        train_video(cfg, out=out, resume=state, force=force)
         return 0
     check_video_experiment(cfg, nproc)
     resolve_device(cfg.train.device)
     out = out or default_run_dir(cfg)
-    check_run_dir(Path(out), force, load_checkpoint(resume)["path"] if resume else None)
+    check_run_dir(Path(out), force, state["path"] if state else None)
     argv = (["--debug"] if debug else []) + ["video", "train", "-o", str(out)]
     argv += (["-c", str(config)] if config else []) + (["--resume", str(resume)] if resume else [])
     argv += (["--force"] if force else []) + list(overrides)

@@ -1,7 +1,7 @@
 """The one training engine: a loop short enough to read in one sitting, that knows no task.
 
-``Trainer`` knows no model, dataset or task by name. What one step does and how a model is evaluated come from a
-:class:`Task`: ``train_step(trainer, batch)`` runs the forward pass(es), hands each loss to
+``Trainer`` knows no model, dataset, loss or task by name. What one step does and how a model is evaluated come
+from a :class:`Task`: ``train_step(trainer, batch)`` runs the forward pass(es), hands each loss to
 :meth:`Trainer.backward` and returns additive sums (``n`` samples, ``loss`` summed over them, any other metric
 summed likewise); ``evaluate(trainer)`` returns the validation metrics. The engine zeroes the gradients before
 each step and takes one optimiser step after; per epoch it sums the task's sums over DDP ranks, turns them into
@@ -10,23 +10,22 @@ holds, and writes ``last.pt`` (and ``best.pt`` on a new best of the task's ``bes
 ``val_dice``) atomically. ``fit(resume=...)`` continues a run exactly where its checkpoint left off. Under
 ``torchrun`` the model is wrapped in DDP; rank 0 alone evaluates, logs and checkpoints.
 
-The default task, :class:`ClassifyTask`, is image/clip classification: ``(x, y)`` batches, the loss (any
-callable ``loss(logits, targets)``; if it accepts a ``features`` keyword it also receives the model's last
-feature map from ``forward_features``), top-1 accuracy, and the loss's own per-epoch diagnostics when it has
-them (Bias Loss: ``epoch_counters``/``summarise``/``describe``). A classification step that is not "one
-forward, one loss" is passed as ``step(trainer, x, y) -> (loss, logits)`` (video: one loss per sub-clip,
-carrying a detached stream state). Other tasks (semi-supervised training in :mod:`.semi`, registration in
-:mod:`leancnn.tasks.register`) bring their own :class:`Task`.
+The seams a task widens instead of copying the loop: :meth:`Task.wrap_model` (the network the step runs, e.g.
+the model with a feature tap; the engine then wraps it in DDP and ``torch.compile``), :meth:`Task.state_dict` /
+:meth:`Task.load_state_dict` (a task's own resumable state, e.g. a loss's running statistics, saved in every
+checkpoint), ``batches``/``num_batches`` (what an epoch iterates), ``start_epoch``, ``train_metrics``,
+``describe`` (extra text on the epoch line). The tasks themselves live in :mod:`leancnn.tasks`
+(classification and its semi-supervised form, video clips, registration pairs).
 
 ``memory_format`` (e.g. ``torch.channels_last``, chosen by the task from ``train.memory_format``) converts the
 model once and every batch once on its way to the device; checkpoints are saved in the default layout, so they
 load into either. ``compile=True`` runs the training step through ``torch.compile``; the model that is
-evaluated and saved stays the plain module.
+evaluated and saved stays the plain module. ``run_task`` (the name of the task that trains, e.g. ``"classify"``)
+is recorded in every checkpoint as ``"task"``, so a run can be rebuilt from its checkpoint alone.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import sys
@@ -39,27 +38,15 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import threads
 from ..errors import LeancnnError
 from ..io import append_jsonl, atomic_write_text
-from ..nn.layout import contiguous_state, convert_model, match_optimizer_state, model_memory_format, to_device
-from ..nn.tap import WithFeatures
+from ..nn.layout import contiguous_state, convert_model, match_optimizer_state, to_device
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .distributed import DistContext, all_gather_objects, barrier, reduce_sum
 from .seed import get_rng_state, set_rng_state
-
-
-def accepts_features(loss_fn: Callable) -> bool:
-    """True when the loss takes a ``features`` keyword (e.g. Bias Loss)."""
-    fn = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "features" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def contiguous_optimizer_state(state: dict) -> dict:
@@ -78,39 +65,8 @@ def compile_module(module: nn.Module) -> nn.Module:
     return torch.compile(module)
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Datasets yield ``(x, y)`` or ``(x, y, domain, ...)``."""
-    return batch[0], batch[1]
-
-
 def progress_enabled(ctx: DistContext) -> bool:
     return ctx.is_main and sys.stdout.isatty()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, desc: str = "eval",
-             show_progress: bool = False, amp: bool = False,
-             memory_format: torch.memory_format | None = None) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 accuracy and sample count of ``model`` on ``loader``. Batches go into
-    ``memory_format`` (default: the layout of the model's weights)."""
-    if memory_format is None:
-        memory_format = model_memory_format(model)
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
-        threads.tick()
-        x, y = split_batch(batch)
-        x, y = to_device(x, device, memory_format), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
-    model.train(was_training)
-    if count == 0:
-        raise LeancnnError(f"{desc}: the evaluation set is empty")
-    return {"loss": loss_sum / count, "acc": correct / count, "n": count}
 
 
 class Task:
@@ -121,7 +77,20 @@ class Task:
     best_mode: str = "max"  # or "min"
 
     def setup(self, trainer: "Trainer") -> None:
-        """Once, when the trainer is built (before the model is wrapped)."""
+        """Once, when the trainer is built (after :meth:`wrap_model`; ``trainer.net`` exists)."""
+
+    def wrap_model(self, trainer: "Trainer") -> nn.Module:
+        """The network the training step runs, before the engine wraps it in DDP / ``torch.compile`` (default:
+        ``trainer.model``, already on the device and in its memory format). Move the task's own modules (e.g.
+        a loss with buffers) to ``trainer.device`` here."""
+        return trainer.model
+
+    def state_dict(self) -> dict:
+        """The task's own resumable state (e.g. a loss's running statistics), saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (an empty dict from a checkpoint that has none)."""
 
     def batches(self, trainer: "Trainer") -> Iterable:
         """The epoch's training batches (default: the training loader)."""
@@ -156,44 +125,6 @@ class Task:
         return ""
 
 
-def _step_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    n = y.numel()
-    return {"n": float(n), "loss": float(loss) * n, "acc": float((logits.detach().argmax(1) == y).sum().item())}
-
-
-class ClassifyTask(Task):
-    """``(x, y[, ...])`` batches, a loss on logits, top-1 accuracy; ``best.pt`` on the best ``val_acc``."""
-
-    def __init__(self, step: Callable | None = None, unit: str = "images"):
-        self.step, self.unit = step, unit
-
-    def start_epoch(self, trainer):
-        if hasattr(trainer.loss_fn, "epoch_counters"):
-            trainer.loss_fn.epoch_counters()  # start the epoch's diagnostics from zero
-
-    def train_step(self, trainer, batch):
-        x, y = split_batch(batch)
-        x, y = trainer.to_device(x), y.to(trainer.device, non_blocking=True)
-        loss, logits = (self.step or Trainer.classify_step)(trainer, x, y)
-        return _step_sums(loss, logits, y)
-
-    def train_metrics(self, sums, trainer):
-        record = super().train_metrics(sums, trainer)
-        loss_fn = trainer.loss_fn
-        if hasattr(loss_fn, "epoch_counters"):  # per-epoch diagnostics of the loss (e.g. Bias Loss)
-            record.update(loss_fn.summarise(reduce_sum(loss_fn.epoch_counters(), trainer.dist, trainer.device)))
-        return record
-
-    def evaluate(self, trainer):
-        val = evaluate(trainer.model, trainer.val_loader, trainer.device, "val", progress_enabled(trainer.dist),
-                       trainer.amp, trainer.memory_format)
-        return {"val_loss": val["loss"], "val_acc": val["acc"]}
-
-    def describe(self, record, trainer):
-        describe = getattr(trainer.loss_fn, "describe", None)  # the loss explains its own diagnostics
-        return describe(record) if describe is not None else ""
-
-
 def format_metric(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -202,14 +133,16 @@ def format_metric(value: Any) -> str:
     return str(value)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trainer:
+    """The loop around a :class:`Task` (keyword arguments only: ``Trainer(model=..., task=..., ...)``)."""
+
     model: nn.Module
-    loss_fn: Callable
+    task: Task  # what a step and an evaluation are
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    val_loader: DataLoader | None
+    train_loader: Any  # what the task's ``batches`` iterate (default: a DataLoader)
+    val_loader: Any = None  # evaluation runs when this is not None (the task decides what it is)
     epochs: int
     out_dir: Path
     device: torch.device
@@ -218,18 +151,15 @@ class Trainer:
     amp: bool = False
     dist: DistContext = field(default_factory=DistContext)
     callbacks: list[Callable[["Trainer", dict], None]] = field(default_factory=list)  # after each epoch
-    feature_layer: str | None = None  # features for the loss from this module (default: forward_features)
     memory_format: torch.memory_format | None = None  # layout of the model and every batch (None: as they come)
     compile: bool = False  # torch.compile the network the training step runs (the saved model stays plain)
-    step: Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    unit: str = "images"  # the default task's sample, for the throughput in metrics.jsonl and the epoch line
-    task: Task | None = None  # what a step and an evaluation are (default: ClassifyTask(step, unit))
     meta: dict = field(default_factory=dict)  # saved in every checkpoint as "meta" (e.g. a network's input grid)
+    run_task: str | None = None  # saved in every checkpoint as "task": the task that wrote it
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        if self.task is None:
-            self.task = ClassifyTask(self.step, self.unit)
+        if not isinstance(self.task, Task):
+            raise TypeError(f"Trainer needs a Task, got {type(self.task).__name__}")
         self.unit = self.task.unit
         if self.task.best_mode not in ("max", "min"):
             raise ValueError(f"task.best_mode must be 'max' or 'min', got {self.task.best_mode!r}")
@@ -238,16 +168,7 @@ class Trainer:
             self.amp = False
         self.model.to(self.device)
         convert_model(self.model, self.memory_format)  # once; batches are converted on transfer
-        if isinstance(self.loss_fn, nn.Module):
-            self.loss_fn.to(self.device)
-        self.use_features = self.loss_fn is not None and accepts_features(self.loss_fn)
-        if self.use_features:
-            try:
-                net = WithFeatures(self.model, self.feature_layer)
-            except ValueError as e:
-                raise LeancnnError(f"the loss needs features: {e}") from None
-        else:
-            net = self.model
+        net = self.task.wrap_model(self)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DDP(net, device_ids=ids)
@@ -273,7 +194,7 @@ class Trainer:
             "optimizer": contiguous_optimizer_state(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
+            "loss": self.task.state_dict(),  # the task's own state (the key predates tasks: a loss's state)
             "epoch": self.epoch,
             "best": self.best,
             "best_metric": self.task.best_metric,
@@ -283,6 +204,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "config": self.config,
             "meta": self.meta,
+            "task": self.run_task,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -292,8 +214,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self._sync_lr()
         self.scaler.load_state_dict(state["scaler"])
-        if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
-            self.loss_fn.load_state_dict(state["loss"])  # e.g. Bias Loss's running minimum
+        if state.get("loss"):
+            self.task.load_state_dict(state["loss"])  # e.g. Bias Loss's running minimum
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best = state["best"] if "best" in state else state["best_acc"]
         rng = state["rng"]
@@ -336,18 +258,6 @@ class Trainer:
             raise LeancnnError(f"loss became {loss.item()} in epoch {self.epoch + 1}; "
                                "lower optim.lr or set train.grad_clip")
         self.scaler.scale(loss).backward()
-
-    def classify_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The default step: one forward pass, the loss (with the features when it takes them), one backward."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            if self.use_features:
-                logits, features = self.net(x)
-                loss = self.loss_fn(logits, y, features=features)
-            else:
-                logits = self.net(x)
-                loss = self.loss_fn(logits, y)
-        self.backward(loss)
-        return loss.detach(), logits.detach()
 
     def train_one_epoch(self) -> dict[str, Any]:
         """One pass over the task's batches: zero the gradients, the task's step, one optimiser step."""

@@ -23,7 +23,6 @@ nothing is not 0), ``loss_x`` and ``loss_u``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,7 +32,8 @@ from torch.utils.data import DataLoader
 from ..data.augment import strong_augment, weak_augment
 from ..errors import LeancnnError
 from ..nn.mixstyle import with_mixstyle, without_mixstyle
-from .engine import ClassifyTask, Task, Trainer
+from ..train import Task
+from .classification import ClassifyTask, accepts_features
 
 
 class SemiTask(Task):
@@ -41,20 +41,22 @@ class SemiTask(Task):
 
     unit = "images"
 
-    def __init__(self, unlabeled_loader: DataLoader, threshold: float = 0.95, weight_u: float = 1.0,
+    def __init__(self, loss: Callable, unlabeled_loader: DataLoader, threshold: float = 0.95, weight_u: float = 1.0,
                  mixstyle_labeled: bool = False, weak: Callable = weak_augment, strong: Callable = strong_augment):
+        if accepts_features(loss):
+            raise LeancnnError("semi-supervised training uses cross-entropy; set loss.name=ce")
         if unlabeled_loader is None:
             raise LeancnnError("semi-supervised training needs an unlabelled loader")
         if not 0.0 <= threshold <= 1.0:
             raise LeancnnError(f"config key 'semi.threshold' must be in [0, 1], got {threshold}")
         if weight_u < 0:
             raise LeancnnError(f"config key 'semi.weight_u' must be >= 0, got {weight_u}")
-        self.unlabeled_loader, self.threshold, self.weight_u = unlabeled_loader, threshold, weight_u
+        self.loss, self.unlabeled_loader, self.threshold, self.weight_u = loss, unlabeled_loader, threshold, weight_u
         self.mixstyle_labeled, self.weak, self.strong = mixstyle_labeled, weak, strong
 
-    def setup(self, trainer):
-        if trainer.use_features:
-            raise LeancnnError("semi-supervised training uses cross-entropy; set loss.name=ce")
+    wrap_model, state_dict, load_state_dict = ClassifyTask.wrap_model, ClassifyTask.state_dict, \
+        ClassifyTask.load_state_dict  # the loss on the device and in every checkpoint (a plain CE has no state)
+    use_features, feature_layer = False, None
 
     @staticmethod
     def _mix(model, mix: str | None):
@@ -104,7 +106,7 @@ class SemiTask(Task):
         with self._mix(model, "random" if self.mixstyle_labeled else None), \
                 torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
             logits_x = trainer.net(xw_l)
-            loss_x = trainer.loss_fn(logits_x, y_l)
+            loss_x = self.loss(logits_x, y_l)
         trainer.backward(loss_x)
         loss_u = torch.zeros((), device=dev)
         if self.weight_u > 0:
@@ -133,19 +135,3 @@ class SemiTask(Task):
         return (f"loss_x {r['loss_x']:.4f} loss_u {r['loss_u']:.4f} confident {100 * r['semi_mask_rate']:.1f}% "
                 f"(pseudo-label acc {'n/a' if pseudo is None else f'{pseudo:.3f}'})")
 
-
-@dataclass
-class SemiTrainer(Trainer):
-    """A :class:`Trainer` whose task is :class:`SemiTask` (built from these fields)."""
-
-    unlabeled_loader: DataLoader | None = None
-    threshold: float = 0.95
-    weight_u: float = 1.0
-    mixstyle_labeled: bool = False
-    weak: Callable[[torch.Tensor], torch.Tensor] = weak_augment
-    strong: Callable[[torch.Tensor], torch.Tensor] = field(default=strong_augment)
-
-    def __post_init__(self):
-        self.task = SemiTask(self.unlabeled_loader, self.threshold, self.weight_u, self.mixstyle_labeled,
-                             self.weak, self.strong)
-        super().__post_init__()

@@ -28,17 +28,18 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
-from .. import report
-from ..config import ExperimentConfig, apply_overrides, dump_config, from_dict
-from ..data import DOMAINS
-from ..errors import LeancnnError
-from ..models import get_model_entry
-from ..nn import count_macs, count_params
-from ..outputs import check_output, check_output_dir
-from ..train import load_checkpoint, load_model_state
-from .classify import build_datasets, build_model, test_rows, train, variance_and_correctness
-from .lodo import run_lodo, table
-from .runs import check_path_arg, checkpoint_inputs, data_inputs, held_run_files
+from . import report
+from .config import ExperimentConfig, apply_overrides, dump_config, from_dict
+from .data import DOMAINS
+from .errors import LeancnnError
+from .models import get_model_entry
+from .nn import count_macs, count_params
+from .outputs import check_output, check_output_dir
+from .tasks.classify import train
+from .tasks.digits import build_datasets, build_model, test_rows, variance_and_correctness
+from .tasks.lodo import run_lodo, table
+from .tasks.runs import check_path_arg, checkpoint_inputs, data_inputs, held_run_files
+from .train import load_checkpoint, load_model_state
 
 N_STAGES = 6
 
@@ -114,9 +115,9 @@ DEMO_STREAM_ACTION = "rotate_cw"
 def video_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[tuple[str, str], Path]:
     """Train A0 stream briefly, stream a long synthetic video through it; the report's section (and a figure),
     and the run's checkpoint."""
-    from ..config import VideoConfig
-    from ..models.movinet import state_nbytes
-    from ..tasks import video
+    from .config import VideoConfig
+    from .models.movinet import state_nbytes
+    from .tasks import video
 
     raw = copy.deepcopy(DEMO_VIDEO)
     raw["train"].update(threads=cfg.train.threads, device=cfg.train.device, seed=cfg.train.seed)
@@ -168,9 +169,9 @@ DEMO_LATENCY = {
 def latency_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, stream: str | Path | None,
                     force: bool = False) -> tuple[str, str]:
     """Measure the demo's models idle and under load (``leancnn latency``); the report's section."""
-    from ..config import LatencyConfig
-    from ..latency import report as lreport
-    from ..latency import runner
+    from .config import LatencyConfig
+    from .latency import report as lreport
+    from .tasks import latency as latency_task
 
     raw = copy.deepcopy(DEMO_LATENCY)
     raw["grid"]["loads"][1]["workers"] = len(os.sched_getaffinity(0))
@@ -182,7 +183,7 @@ def latency_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, st
         raw["protocol"].update(samples=20, block=5, warmup=2, settle_seconds=0.0)
     lcfg = from_dict(LatencyConfig, raw)
     run_dir = out / "latency"
-    runner.run(lcfg, run_dir, force=force, log=lambda line: print("  " + line, flush=True), progress=False)
+    latency_task.run(lcfg, run_dir, force=force, log=lambda line: print("  " + line, flush=True), progress=False)
     data = lreport.load_run(run_dir)
     result = lreport.analyse(data, quantiles=(0.5, 0.99))
     conds = {c["label"]: c for c in data.done}
@@ -217,10 +218,10 @@ DEMO_PRUNE = {"name": "demo-prune", "target_macs": 0.5, "criteria": ["l1", "bn",
 
 def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, force: bool = False) -> tuple[str, str]:
     """Prune the demo's classifier (``leancnn prune``), fine-tune it, time both; the report's section."""
-    from ..config import LatencyConfig, PruneConfig
-    from ..latency import report as lreport
-    from ..latency import runner
-    from . import prune as tprune
+    from .config import LatencyConfig, PruneConfig
+    from .latency import report as lreport
+    from .tasks import latency as latency_task
+    from .tasks import prune as tprune
 
     raw = copy.deepcopy(DEMO_PRUNE)
     if cfg.data.limit_train > 0:  # a shortened demo (tests) prunes on less
@@ -236,7 +237,7 @@ def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, forc
         "grid": {"loads": [{"workers": 0}], "threads": [1], "backends": ["eager"]},
         "protocol": {"warmup": 5, "samples": 100 if cfg.data.limit_train <= 0 else 20, "block": 10,
                      "settle_seconds": 0.0}})
-    runner.run(lcfg, out / "prune" / "latency", force=True, log=lambda line: None, progress=False, report=False)
+    latency_task.run(lcfg, out / "prune" / "latency", force=True, log=lambda line: None, progress=False, report=False)
     data = lreport.load_run(out / "prune" / "latency")
     med = {m: float(np.median(data.samples["latency_s"][data.samples["model"] == m])) for m in data.models}
     base, pruned = (med[m] for m in data.models)
@@ -275,9 +276,9 @@ DEMO_PHANTOMS = {"n": 12, "deformation": 1.0, "affine": 0.15}
 
 def register_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[str, str]:
     """Write phantom pairs, train a registration network briefly, evaluate it; the report's section."""
-    from ..config import RegisterConfig
-    from ..data.registration import write_phantoms
-    from . import register as reg
+    from .config import RegisterConfig
+    from .data.registration import write_phantoms
+    from .tasks import register as reg
 
     data = out / "register" / "phantoms"
     write_phantoms(data, **DEMO_PHANTOMS)
@@ -294,7 +295,8 @@ def register_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> t
     rows, pics = [], []
     for split in ("train", "test"):
         pairs = reg.open_pairs(rcfg, summary["splits"][split])
-        s = reg.summarise_rows(reg.register_and_score(model, pairs, rcfg.data.scale, device))
+        s = reg.summarise_rows(reg.register_and_score(model, pairs, rcfg.data.scale, device, "register", False,
+                                                        rcfg.data.initial))
         name = "training pairs" if split == "train" else "held-out pairs"
         for metric, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre", 2)):
             suffix = "_mm" if "tre" in key else ""
