@@ -28,7 +28,8 @@ from _common import DOCS, ROOT, bench_dir, command, machine
 
 from leancnn import report
 from leancnn.config import load_config
-from leancnn.tasks.classify import run_fingerprint, train_cached
+from leancnn.tasks.classify import train_cached
+from leancnn.tasks.digits import run_fingerprint
 from leancnn.tasks.runs import cached_run_state
 
 SETTINGS = {

@@ -33,7 +33,8 @@ from leancnn.prune import compute_scores, prune_with_scores, ratio_for_target  #
 from leancnn.prune.search import BlendSpace, evolve  # noqa: E402
 from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations  # noqa: E402
 from leancnn.report import fmt_mean_std, format_table  # noqa: E402
-from leancnn.tasks.classify import build_datasets, test_model, train_cached  # noqa: E402
+from leancnn.tasks.classify import train_cached  # noqa: E402
+from leancnn.tasks.digits import build_datasets, test_model  # noqa: E402
 from leancnn.tasks.prune import (  # noqa: E402
     INPUT,
     PruneFitness,

@@ -22,7 +22,8 @@ from leancnn.config import ConfigError, load_config, to_dict
 from leancnn.data import DigitsDataset, digits
 from leancnn.models import list_models
 from leancnn.report import figure_suffixes as grid_suffixes
-from leancnn.tasks.classify import build_model, config_from_checkpoint, evaluate_checkpoint
+from leancnn.tasks.classify import evaluate_checkpoint
+from leancnn.tasks.digits import build_model, config_from_checkpoint
 from leancnn.tasks.classification import eval_loader, evaluate
 from leancnn.train import load_model_state
 from leancnn.train.checkpoint import load_checkpoint

@@ -31,7 +31,8 @@ from leancnn.nn.layout import (
     warn_layout_breaks,
 )
 from leancnn.nn.mixstyle import insert_mixstyle, mixstyle_modules
-from leancnn.tasks.classify import memory_format_for, train
+from leancnn.tasks.classify import train
+from leancnn.tasks.digits import memory_format_for
 from leancnn.train import load_checkpoint
 
 CL = torch.channels_last

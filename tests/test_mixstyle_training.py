@@ -19,15 +19,9 @@ from leancnn.data import DigitsDataset
 from leancnn.data.augment import cutout, strong_augment, weak_augment
 from leancnn.errors import LeancnnError
 from leancnn.nn.mixstyle import MixStyle, mixstyle_modules
-from leancnn.tasks.classify import (
-    build_datasets,
-    build_model,
-    build_unlabeled,
-    held_out_wording,
-    labeled_split,
-    train,
-    train_loader,
-)
+from leancnn.tasks.classification import train_loader
+from leancnn.tasks.classify import train
+from leancnn.tasks.digits import build_datasets, build_model, build_unlabeled, held_out_wording, labeled_split
 from leancnn.tasks.lodo import parse_variant, plan, run_lodo
 from leancnn.train import DistContext, load_checkpoint
 from leancnn.tasks.semi import SemiTask

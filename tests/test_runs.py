@@ -16,7 +16,7 @@ from test_cli import cli, one_error_line
 
 from leancnn.cli import main
 from leancnn.config import ExperimentConfig, load_config, resumable_keys
-from leancnn.tasks.classify import run_fingerprint
+from leancnn.tasks.digits import run_fingerprint
 from leancnn.tasks.runs import cached_run_state, fingerprint_changes, read_fingerprint
 from leancnn.train import load_checkpoint
 

@@ -134,7 +134,7 @@ def test_load_run_rebuilds_the_toy_run_and_refuses_it_where_another_task_is_need
 
 
 def test_checkpoints_without_a_task_field_still_load_or_say_how_to_add_it(tmp_path):
-    from leancnn.tasks.classify import build_model
+    from leancnn.tasks.digits import build_model
 
     cfg = load_config(None, ["model.name=digits_cnn"])
     model = build_model(cfg)

@@ -20,7 +20,8 @@ from torch.utils.data import DistributedSampler
 from leancnn.config import ScheduleConfig, load_config
 from leancnn.errors import LeancnnError
 from leancnn.models import create_model
-from leancnn.tasks.classify import build_datasets, train
+from leancnn.tasks.classify import train
+from leancnn.tasks.digits import build_datasets
 from leancnn.train import load_checkpoint, lr_factor, save_checkpoint, seed_everything
 from leancnn.train.engine import Task, Trainer
 

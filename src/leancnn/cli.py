@@ -416,7 +416,8 @@ def _run(args: argparse.Namespace) -> int:
         return train_command(args.config, args.overrides, args.resume, args.out, args.force, args.nproc_per_node,
                              args.debug)
     elif args.command == "evaluate":
-        from .tasks.classify import evaluate_checkpoint, test_rows
+        from .tasks.classify import evaluate_checkpoint
+        from .tasks.digits import test_rows
         from .tasks.runs import resolve_checkpoint
 
         path = resolve_checkpoint(args.checkpoint, "checkpoint")  # a run: best.pt, last.pt or a prune's pruned.pt

@@ -94,11 +94,22 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def _save_epoch_figure(fig, axes, path: str | Path, title: str) -> Path:
+    """Whole epochs on every x axis, a grid and a legend per panel, the title; then the file."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch (train and, when present, validation) side by side."""
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train (training loss)")
@@ -108,21 +119,13 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
         ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], "s-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
+    return _save_epoch_figure(fig, (ax_loss, ax_acc), path, title)
 
 
 def plot_history(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Every metric of a run's history per epoch, one panel per metric (train and validation together): the
     curves of a task that has no figure of its own."""
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     skip = ("per_s", "train_seconds")
     names = list(dict.fromkeys(k.split("_", 1)[1] for r in history for k, v in r.items()
                                if k.startswith(("train_", "val_")) and not k.endswith(skip)
@@ -137,12 +140,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "") -> 
             if pts:
                 ax.plot(*zip(*pts), style, label=prefix)
         ax.set(xlabel="epoch", title=name)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
+    return _save_epoch_figure(fig, axes[0], path, title)
 
 
 def plot_variance_correctness(variance, correct, path: str | Path, title: str = "", bins: int = 10) -> Path:

@@ -20,8 +20,7 @@ from ..train import DistContext, load_checkpoint
 from ..train.distributed import launch
 from ..train.engine import progress_enabled
 from .classification import ClassifyTask, eval_loader, train_loader
-from .digits import (  # noqa: F401  (re-exported: the digit classifier's pieces, used with this task)
-    IMAGE_SHAPE,
+from .digits import (
     _check_domains,
     build_datasets,
     build_model,
@@ -30,15 +29,12 @@ from .digits import (  # noqa: F401  (re-exported: the digit classifier's pieces
     config_from_checkpoint,
     configure_torch,
     data_identity,
-    held_out_wording,
-    labeled_split,
     load_init_weights,
     memory_format_for,
     run_fingerprint,
     test_model,
     test_rows,
     variance_and_correctness,
-    weights_digest,
 )
 from .lifecycle import train_task
 from .protocol import Prepared, TaskSpec, expect_task, load_run, register_task
@@ -76,7 +72,7 @@ class ClassifySpec(TaskSpec):
         train_ds, val_ds, tests = build_datasets(cfg.data, label_seed=cfg.train.seed)
         loader = train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx, cfg.data.num_workers,
                               cfg.data.sampler, cfg.data.domains_per_batch)
-        if len(loader) == 0:
+        if len(loader) == 0:  # (the lifecycle checks it too; here before the unlabelled set is built)
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
         loss = build_loss(cfg.loss)
         task, steps = ClassifyTask(loss, feature_layer=cfg.loss.feature_layer or None), None

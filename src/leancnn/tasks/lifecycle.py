@@ -48,9 +48,9 @@ def train_task(spec: TaskSpec, cfg, out: str | Path | None = None, resume: str |
         spec.configure(cfg, device)
         seed_everything(cfg.train.seed + ctx.rank)  # per-rank streams for augmentation and dropout
         prep = spec.prepare(cfg, ctx, device, checked, resuming=resume is not None)
-        steps = prep.steps_per_epoch or len(prep.train_loader)
-        if steps == 0:
+        if len(prep.train_loader) == 0:
             raise LeancnnError("the training set gives no batch; lower data.batch_size")
+        steps = prep.steps_per_epoch or len(prep.train_loader)
         optimizer = build_optimizer(prep.model, cfg.optim, prep.lr_scales)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs, steps)
         state = resume_state(resume, cfg, prep.model, device, spec.name)

@@ -32,14 +32,11 @@ from torch.utils.data import DataLoader
 from ..data.augment import strong_augment, weak_augment
 from ..errors import LeancnnError
 from ..nn.mixstyle import with_mixstyle, without_mixstyle
-from ..train import Task
 from .classification import ClassifyTask, accepts_features
 
 
-class SemiTask(Task):
+class SemiTask(ClassifyTask):
     """The engine task of FixMatch + MixStyle training (see the module docstring)."""
-
-    unit = "images"
 
     def __init__(self, loss: Callable, unlabeled_loader: DataLoader, threshold: float = 0.95, weight_u: float = 1.0,
                  mixstyle_labeled: bool = False, weak: Callable = weak_augment, strong: Callable = strong_augment):
@@ -51,12 +48,9 @@ class SemiTask(Task):
             raise LeancnnError(f"config key 'semi.threshold' must be in [0, 1], got {threshold}")
         if weight_u < 0:
             raise LeancnnError(f"config key 'semi.weight_u' must be >= 0, got {weight_u}")
-        self.loss, self.unlabeled_loader, self.threshold, self.weight_u = loss, unlabeled_loader, threshold, weight_u
+        super().__init__(loss)  # the loss on the device and in every checkpoint; ClassifyTask's evaluation
+        self.unlabeled_loader, self.threshold, self.weight_u = unlabeled_loader, threshold, weight_u
         self.mixstyle_labeled, self.weak, self.strong = mixstyle_labeled, weak, strong
-
-    wrap_model, state_dict, load_state_dict = ClassifyTask.wrap_model, ClassifyTask.state_dict, \
-        ClassifyTask.load_state_dict  # the loss on the device and in every checkpoint (a plain CE has no state)
-    use_features, feature_layer = False, None
 
     @staticmethod
     def _mix(model, mix: str | None):
@@ -128,7 +122,6 @@ class SemiTask(Task):
         return {"train_loss": s["loss"] / n_x, "train_acc": s["acc"] / n_x, "loss_x": s["loss_x"] / n_x,
                 "loss_u": s["loss_u"] / n_x, "semi_mask_rate": s["masked"] / n_u, "semi_pseudo_acc": pseudo_acc}
 
-    evaluate = ClassifyTask.evaluate
 
     def describe(self, r, trainer):
         pseudo = r.get("semi_pseudo_acc")

@@ -251,8 +251,6 @@ class VideoSpec(TaskSpec):
         val_ds = video_dataset(cfg.data, "val")
         loader = _set_epoch_hook(train_loader(train_ds, cfg.data.batch_size, cfg.train.seed, ctx,
                                               cfg.data.num_workers))
-        if len(loader) == 0:
-            raise LeancnnError("the training set gives no batch; lower data.batch_size")
         task = ClassifyTask(nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), unit="clips",
                             step=sub_clip_step(cfg.train.sub_clip) if cfg.train.sub_clip else None)
         return Prepared(model=model, task=task, train_loader=loader, memory_format=video_memory_format(cfg),
