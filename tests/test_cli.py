@@ -22,9 +22,9 @@ from leancnn.config import ConfigError, load_config, to_dict
 from leancnn.data import DigitsDataset, digits
 from leancnn.models import list_models
 from leancnn.report import figure_suffixes as grid_suffixes
+from leancnn.tasks.classification import eval_loader, evaluate
 from leancnn.tasks.classify import evaluate_checkpoint
 from leancnn.tasks.digits import build_model, config_from_checkpoint
-from leancnn.tasks.classification import eval_loader, evaluate
 from leancnn.train import load_model_state
 from leancnn.train.checkpoint import load_checkpoint
 
@@ -417,6 +417,17 @@ def test_evaluate_progress_only_on_a_terminal(capsys, run, monkeypatch):
     bars = cli(capsys, "evaluate", run.path, "--domains", "uci", "syn")
     assert bars.code == 0 and bars.out == plain.out  # the table is the same; the bars go to stderr
     assert "test uci" in bars.err and "test syn" in bars.err
+
+
+def test_evaluate_limit_takes_a_fixed_subset(capsys, run):
+    first = cli(capsys, "evaluate", run.path, "--domains", "syn", "uci", "--limit", "100")
+    assert first.code == 0, first.err
+    rows = table_rows(first.out)
+    assert [rows[d][0] for d in ("syn", "uci", "all (pooled)")] == ["100", "100", "200"]
+    assert cli(capsys, "evaluate", run.path, "--domains", "syn", "uci", "--limit", "100").out == first.out  # seeded
+    assert table_rows(cli(capsys, "evaluate", run.path, "--domains", "uci", "--limit", "5000").out)["uci"][0] == "269"
+    msg = one_error_line(cli(capsys, "evaluate", run.path, "--limit", "-1"), "evaluate")
+    assert msg == "--limit must be a whole number >= 0 (0: every image), got -1"
 
 
 def test_evaluate_unknown_domain(capsys, run):

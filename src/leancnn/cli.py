@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", nargs="+", help="domains to evaluate on (default: those of the run)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="evaluate only N images of each set (a fixed "
+                   "random subset, seeded by the run's data.split_seed; default 0: all)")
     p.add_argument("--force", action="store_true", help="replace the --plot-variance file if it exists")
     p.add_argument("--plot-variance", metavar="PNG", help="also plot per-sample feature variance (Bias Loss's "
                                                           "diversity signal) against correctness")
@@ -422,7 +424,7 @@ def _run(args: argparse.Namespace) -> int:
 
         path = resolve_checkpoint(args.checkpoint, "checkpoint")  # a run: best.pt, last.pt or a prune's pruned.pt
         results = evaluate_checkpoint(path, args.domains, args.split, args.device, args.plot_variance,
-                                      force=args.force)
+                                      force=args.force, limit=args.limit)
         print(report.format_table(test_rows(results), [f"{args.split} set", "images", "accuracy", "loss"]))
         if args.plot_variance:
             print(f"variance plot written to {args.plot_variance}")

@@ -29,6 +29,7 @@ from .digits import (
     config_from_checkpoint,
     configure_torch,
     data_identity,
+    limit_dataset,
     load_init_weights,
     memory_format_for,
     run_fingerprint,
@@ -176,8 +177,11 @@ def train_command(config: str | None, overrides: list[str], resume: str | None =
 
 def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, split: str = "test",
                         device: str = "auto", plot_variance: str | Path | None = None,
-                        progress: bool | None = None, force: bool = False) -> dict[str, dict]:
+                        progress: bool | None = None, force: bool = False, limit: int = 0) -> dict[str, dict]:
     """Evaluate a checkpoint on ``split`` of ``domains`` (default: the domains it was trained/tested on).
+
+    ``limit`` > 0: only that many images of each set, a fixed random subset (seeded by the run's
+    ``data.split_seed``, as ``data.limit_eval`` draws its subsets): a quick check of a large set.
 
     ``plot_variance``: also write a PNG of per-sample feature variance (Bias Loss's diversity signal)
     against correctness (an existing file is replaced only with ``force``). ``progress``: a bar per domain on
@@ -188,13 +192,16 @@ def evaluate_checkpoint(path: str | Path, domains: list[str] | None = None, spli
         report.figure_format(plot_variance, "--plot-variance")
         check_output(plot_variance, checkpoint_inputs(path, "evaluated"), "--plot-variance")
         check_output_file(plot_variance, force, "--plot-variance")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise LeancnnError(f"--limit must be a whole number >= 0 (0: every image), got {limit!r}")
     dev = resolve_device(device)
     run = load_run(path, dev, ("classify",), "leancnn evaluate", "a classifier run")
     cfg, model = run.cfg, run.model
     convert_model(model, memory_format_for(cfg, model, dev))  # evaluation follows train.memory_format
     domains = domains or (cfg.data.test_domains or cfg.data.domains)
     _check_domains(domains, "--domains")
-    tests = {d: DigitsDataset([d], split, seed=cfg.data.split_seed) for d in domains}
+    tests = {d: limit_dataset(DigitsDataset([d], split, seed=cfg.data.split_seed), limit, cfg.data.split_seed + 2)
+             for d in domains}
     results = test_model(model, tests, cfg, dev, progress)
     if plot_variance:
         variance, correct = variance_and_correctness(model, ConcatDataset(list(tests.values())), cfg, dev)

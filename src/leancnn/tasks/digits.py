@@ -52,7 +52,7 @@ def _check_domains(names: list[str], key: str) -> None:
             raise LeancnnError(f"unknown dataset '{n}' in config key '{key}'; available: {', '.join(DOMAINS)}")
 
 
-def _limit(ds: Dataset, n: int, seed: int) -> Dataset:
+def limit_dataset(ds: Dataset, n: int, seed: int) -> Dataset:
     """A fixed random subset of ``n`` samples (all of them when ``n`` is 0 or too large)."""
     if n <= 0 or n >= len(ds):
         return ds
@@ -86,13 +86,13 @@ def build_datasets(cfg: DataConfig, label_seed: int = 0
     train = DigitsDataset(cfg.domains, "train", seed=seed, augment=cfg.augment)
     if cfg.labels_per_class > 0:
         train = Subset(train, labeled_split(train, cfg.labels_per_class, label_seed)[0])
-    train = _limit(train, cfg.limit_train, seed)
-    val = _limit(DigitsDataset(cfg.domains, "val", seed=seed), cfg.limit_eval, seed + 1)
+    train = limit_dataset(train, cfg.limit_train, seed)
+    val = limit_dataset(DigitsDataset(cfg.domains, "val", seed=seed), cfg.limit_eval, seed + 1)
     if cfg.test_domains:
         tests = {d: DigitsDataset([d], cfg.test_split, seed=seed) for d in cfg.test_domains}
     else:
         tests = {d: DigitsDataset([d], "test", seed=seed) for d in cfg.domains}
-    tests = {d: _limit(ds, cfg.limit_eval, seed + 2) for d, ds in tests.items()}
+    tests = {d: limit_dataset(ds, cfg.limit_eval, seed + 2) for d, ds in tests.items()}
     return train, val, tests
 
 
@@ -131,7 +131,7 @@ def build_unlabeled(cfg: ExperimentConfig) -> Dataset:
                                "or data.test_domains")
         _check_domains(names, "semi.unlabeled_domains")
         ds = DigitsDataset(names, "train", seed=data.split_seed)
-    return _limit(ds, data.limit_train, data.split_seed + 3)
+    return limit_dataset(ds, data.limit_train, data.split_seed + 3)
 
 
 # ----------------------------------------------------------------------------------------- runs
