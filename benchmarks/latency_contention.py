@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOCS, ROOT, bench_dir, write_section  # noqa: E402
 
-from leancnn.config import LatencyConfig, load_config  # noqa: E402
+from leancnn.config import load_config  # noqa: E402
 from leancnn.latency import report as lreport  # noqa: E402
+from leancnn.latency.config import LatencyConfig
 from leancnn.report import format_table  # noqa: E402
 from leancnn.tasks import latency as latency_task  # noqa: E402
 

@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import write_section  # noqa: E402
 
-from leancnn.config import LatencyConfig, from_dict  # noqa: E402
+from leancnn.config import from_dict  # noqa: E402
 from leancnn.latency import measure  # noqa: E402
+from leancnn.latency.config import LatencyConfig
 from leancnn.tasks import latency as latency_task  # noqa: E402
 
 

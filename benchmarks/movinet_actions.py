@@ -20,9 +20,9 @@ import argparse
 from _common import bench_dir, write_section
 
 from leancnn import report
-from leancnn.config import VideoConfig, apply_overrides, from_dict, read_yaml
+from leancnn.config import apply_overrides, from_dict, read_yaml
 from leancnn.data.video import ACTIONS
-from leancnn.tasks.video import evaluate_ensemble, train_video_cached
+from leancnn.tasks.video import VideoConfig, evaluate_ensemble, train_video_cached
 
 STUDIES = ("stream", "subclip", "frameavg", "ensemble")
 PAIRS = ["left", "right", "up", "down", "rotate_cw", "rotate_ccw", "zoom_in", "zoom_out"]  # reverse to each other

@@ -30,8 +30,8 @@ from _common import bench_dir, write_section  # noqa: E402
 
 from leancnn.config import ExperimentConfig, from_dict, to_dict  # noqa: E402
 from leancnn.prune import compute_scores, prune_with_scores, ratio_for_target  # noqa: E402
-from leancnn.prune.search import BlendSpace, evolve  # noqa: E402
 from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations  # noqa: E402
+from leancnn.prune.search import BlendSpace, evolve  # noqa: E402
 from leancnn.report import fmt_mean_std, format_table  # noqa: E402
 from leancnn.tasks.classify import train_cached  # noqa: E402
 from leancnn.tasks.digits import build_datasets, test_model  # noqa: E402
@@ -101,7 +101,7 @@ def run_seed(model_name: str, seed: int, args, root: Path) -> dict:
     if seed == args.seeds[0] and not args.no_docs:
         plot_correlations(clustering, Path(__file__).resolve().parents[1] / "docs" / "img" /
                           f"pruning_correlation_{model_name}.png")
-    space = BlendSpace(candidates, buckets=1, normalize="rank")
+    space = BlendSpace(candidates, buckets=1, normalise="rank")
     fitness = PruneFitness(model, example, table, space, ratio, bn, val)
     t = time.perf_counter()
     init = space.seed_population()  # every candidate alone and the equal blend

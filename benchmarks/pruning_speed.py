@@ -22,8 +22,9 @@ import torch  # noqa: E402
 from _common import bench_dir, write_section  # noqa: E402
 
 from leancnn import create_model  # noqa: E402
-from leancnn.config import LatencyConfig, from_dict  # noqa: E402
+from leancnn.config import from_dict  # noqa: E402
 from leancnn.latency import measure  # noqa: E402
+from leancnn.latency.config import LatencyConfig
 from leancnn.nn.counting import count_macs, count_params  # noqa: E402
 from leancnn.prune import prune_model  # noqa: E402
 from leancnn.report import format_table  # noqa: E402
@@ -50,8 +51,7 @@ def variants(name: str) -> list[tuple[str, torch.nn.Module]]:
 def search_time(args) -> str:
     """Wall time of `leancnn prune --search ea` with its default search settings on ResNet-56 at 50% MACs (the
     trained seed-0 model of benchmarks/pruning_criteria.py), all nine criteria, 2 threads."""
-    from leancnn.config import PruneConfig
-    from leancnn.tasks.prune import prune_run
+    from leancnn.tasks.prune import PruneConfig, prune_run
 
     src = bench_dir("pruning") / "resnet56-s0" / "base"
     if not (src / "best.pt").is_file():

@@ -34,9 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import ROOT, bench_dir, write_section  # noqa: E402
 
-from leancnn.config import RegisterConfig, load_config  # noqa: E402
+from leancnn.config import load_config  # noqa: E402
 from leancnn.report import _pyplot, format_table, save_figure  # noqa: E402
-from leancnn.tasks.register import quartiles  # noqa: E402
+from leancnn.tasks.register import (
+    RegisterConfig,
+    quartiles,  # noqa: E402
+)
 
 DATA = ROOT.parent / "shared" / "data" / "mrus"
 MAIN = {  # name -> overrides

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import ROOT, median_time, write_section  # noqa: E402
 
-from leancnn.config import RegisterConfig, load_config  # noqa: E402
+from leancnn.config import load_config  # noqa: E402
 from leancnn.data.registration import PairedNifti  # noqa: E402
 from leancnn.losses.registration import bending_energy, multiscale_dice_loss  # noqa: E402
 from leancnn.models.regnet import count_params  # noqa: E402
 from leancnn.nn.warp import warp  # noqa: E402
 from leancnn.report import format_table  # noqa: E402
-from leancnn.tasks.register import build_model, net_shape, pair_initial_map, predict_ddf, warp_moving  # noqa: E402
+from leancnn.tasks.register import RegisterConfig, build_model, net_shape, pair_initial_map, predict_ddf, warp_moving  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mrus"
 NETS = [  # label, overrides, data.scale

@@ -273,18 +273,18 @@ def test_shipped_config_loads(path):
     from leancnn.models import list_models
 
     if path.name.startswith("register_"):  # registration: its own schema; the shipped file spells out the defaults
-        from leancnn.config import RegisterConfig
+        from leancnn.tasks.register import RegisterConfig
 
         cfg = load_config(path, cls=RegisterConfig)
         assert to_dict(cfg) == {**to_dict(RegisterConfig()), "name": cfg.name}
         return
     if path.name.startswith("video_"):  # video configs: their own schema
-        from leancnn.config import VideoConfig
+        from leancnn.tasks.video import VideoConfig
 
         assert load_config(path, cls=VideoConfig).model.name in list_models()
         return
     if path.name.startswith("latency_"):  # latency grids: every model registered, every condition runnable here
-        from leancnn.config import LatencyConfig
+        from leancnn.latency.config import LatencyConfig
         from leancnn.latency.measure import plan_conditions
 
         lcfg = load_config(path, cls=LatencyConfig)
@@ -298,7 +298,9 @@ def test_shipped_config_loads(path):
 def test_runtime_and_resumable_keys_are_properties_of_the_fields():
     from dataclasses import dataclass, field
 
-    from leancnn.config import RegisterConfig, VideoConfig, resumable_keys, rule, runtime_keys
+    from leancnn.config import resumable_keys, rule, runtime_keys
+    from leancnn.tasks.register import RegisterConfig
+    from leancnn.tasks.video import VideoConfig
 
     @dataclass
     class Inner:
@@ -319,7 +321,7 @@ def test_runtime_and_resumable_keys_are_properties_of_the_fields():
 
 
 def test_a_retired_key_of_an_older_config_is_accepted_and_dropped():
-    from leancnn.config import RegisterConfig
+    from leancnn.tasks.register import RegisterConfig
 
     cfg = from_dict(RegisterConfig, {"data": {"eval_batch_size": 1, "batch_size": 2}})  # as older runs wrote
     assert cfg.data.batch_size == 2 and not hasattr(cfg.data, "eval_batch_size")
@@ -338,3 +340,23 @@ def test_derive_sets_dotted_keys_validates_and_leaves_the_source_alone():
         derive(base, {"train.epoch": 2})
     with pytest.raises(ConfigError, match="config key 'train.epochs' must be >= 1, got 0"):
         derive(base, {"train.epochs": 0})
+
+
+def test_a_renamed_key_is_read_under_its_new_name_and_written_only_so():
+    from leancnn.tasks.prune import PruneConfig
+
+    old = from_dict(PruneConfig, {"normalize": "scale", "criteria": ["l1", "fpgm"]})  # as earlier configs wrote
+    assert old.normalise == "scale" and "normalize" not in to_dict(old) and to_dict(old)["normalise"] == "scale"
+    assert from_dict(PruneConfig, {"normalise": "zscore"}).normalise == "zscore"
+    with pytest.raises(ConfigError, match="config key 'normalise' is given twice, also by its earlier name "
+                                          "'normalize'; keep 'normalise'"):
+        from_dict(PruneConfig, {"normalize": "scale", "normalise": "rank"})
+    with pytest.raises(ConfigError, match="config key 'normalise': 'softmax' is not allowed; allowed values: rank"):
+        from_dict(PruneConfig, {"normalize": "softmax"})  # the old name checked by the new key's rule
+
+
+def test_a_blend_written_with_the_old_spelling_still_loads():
+    from leancnn.prune.blend import BlendedCriterion
+
+    crit = BlendedCriterion.from_dict({"criteria": ["l1", "l2"], "weights": [0.25, 0.75], "normalize": "scale"})
+    assert crit.normalise == "scale" and crit.to_dict()["normalise"] == "scale" and "normalize" not in crit.to_dict()

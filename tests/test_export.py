@@ -147,6 +147,41 @@ def test_plain_classifier_export_matches_pytorch(tmp_path):
         OnnxStream(path)
 
 
+@pytest.mark.parametrize("name", ["reg_local", "reg_global", "reg_composite"])
+def test_registration_network_export_gives_the_ddf_of_pytorch(tmp_path, name):
+    import onnxruntime as ort
+
+    from leancnn.export import DDF, FIXED, KIND_KEY, MOVING, REGISTRATION_KIND, is_registration
+
+    torch.manual_seed(0)
+    model = leancnn.create_model(name)
+    assert is_registration(model) and not is_registration(leancnn.create_model("resnet20"))
+    with torch.no_grad():  # weights that move voxels: the zero-initialised output layers would export a zero field
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    shape = (1, 1, 24, 32, 22)  # the registry's grid (an affine head is built for one grid)
+    path = export_model(model, tmp_path / f"{name}.onnx", shape)
+    meta = {e.key: e.value for e in onnx.load(str(path)).metadata_props}
+    assert meta[KIND_KEY] == REGISTRATION_KIND and meta["leancnn.input_shape"] == "1x1x24x32x22"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [MOVING, FIXED] and [o.name for o in sess.get_outputs()] == [DDF]
+    g = torch.Generator().manual_seed(1)
+    moving, fixed = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    (got,) = sess.run(None, {MOVING: moving.numpy(), FIXED: fixed.numpy()})
+    with torch.no_grad():
+        ref = copy.deepcopy(model).eval()(moving, fixed)["ddf"].numpy()
+    assert got.shape == (1, 3, 24, 32, 22) and np.abs(ref).max() > 1e-3  # a field that is not zero
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_registration_export_refuses_a_shape_it_cannot_take(tmp_path):
+    with pytest.raises(ValueError, match=r"input_shape of a registration network is \(B, C, X, Y, Z\)"):
+        export_model(leancnn.create_model("reg_local"), tmp_path / "r.onnx", (1, 1, 24, 32))
+    with pytest.raises(ValueError, match=r"^input_shape \(1, 1, 16, 16, 16\): "):  # the affine head's grid
+        export_model(leancnn.create_model("reg_global"), tmp_path / "g.onnx", (1, 1, 16, 16, 16))
+    assert not list(tmp_path.iterdir())
+
+
 def test_onnx_stream_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ONNX file"):
         OnnxStream(tmp_path / "missing.onnx")

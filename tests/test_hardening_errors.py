@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -19,22 +20,22 @@ from leancnn.cli import build_parser, main
 from leancnn.config import (
     ConfigError,
     ExperimentConfig,
-    LatencyConfig,
-    RegisterConfig,
-    VideoConfig,
-    VideoDataConfig,
     from_dict,
     load_config,
     to_dict,
 )
 from leancnn.data import video as vdata
 from leancnn.errors import LeancnnError
+from leancnn.latency.config import LatencyConfig
 from leancnn.latency.quota import CpuQuota
 from leancnn.models import create_model
 from leancnn.prune import global_plan, prunable_groups, ratio_for_target
 from leancnn.tasks import video as tvideo
 from leancnn.tasks.protocol import get_task, legacy_task
+from leancnn.tasks.register import RegisterConfig
+from leancnn.tasks.register import build_model as build_register_model
 from leancnn.tasks.runs import resolve_checkpoint
+from leancnn.tasks.video import VideoConfig, VideoDataConfig
 from leancnn.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ VIDEO = ["data.frames=8", "data.height=24", "data.width=24"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """One run directory of each kind: a trained digit classifier, its pruned form (``leancnn prune``), and
-    checkpoints with a real video and a real registration run's config (a video model's real weights)."""
+    checkpoints with a real video and a real registration run's config and weights (random ones)."""
     root = tmp_path_factory.mktemp("kinds")
     assert main(["train", *TINY, "-o", str(root / "cls")]) == 0
     assert main(["prune", str(root / "cls"), "-o", str(root / "pruned"), *FAST_PRUNE]) == 0
@@ -57,8 +58,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         save_checkpoint(root / "vid" / name, {"model": model.state_dict(), "config": to_dict(vcfg),
                                               "model_name": vcfg.model.name, "epoch": 1})
     rcfg = load_config(None, ["model.channels=[4,8,16]"], cls=RegisterConfig)
+    reg = build_register_model(rcfg, (16, 16, 16))  # a registration network's real weights, on its grid
     for name in ("best.pt", "last.pt"):
-        save_checkpoint(root / "reg" / name, {"model": {}, "config": to_dict(rcfg), "epoch": 1,
+        save_checkpoint(root / "reg" / name, {"model": reg.state_dict(), "config": to_dict(rcfg), "epoch": 1,
                                               "meta": {"grid": [16, 16, 16]}})
     (root / "data").mkdir()
     return {"cls": root / "cls", "pruned": root / "pruned", "vid": root / "vid", "reg": root / "reg",
@@ -127,14 +129,25 @@ def test_a_clip_model_given_to_stream_names_both_kinds(capsys):
     assert "needs a video stream model" in msg
 
 
-def test_latency_config_naming_a_registration_run_names_both_kinds(runs, tmp_path, capsys):
+def test_latency_of_a_registration_run_times_its_network_on_its_grid(runs, tmp_path, capsys):
+    # registration runs were refused here before their networks were registered; now they are measured, with the
+    # moving and fixed volume fed together, on the grid the checkpoint records
+    import torch
+
     cfg = tmp_path / "lat.yaml"
-    cfg.write_text(yaml.safe_dump({"models": [{"checkpoint": str(runs["reg"])}], "grid": {"loads": [{"workers": 0}]},
+    cfg.write_text(yaml.safe_dump({"models": [{"checkpoint": str(runs["reg"]), "label": "reg"}],
+                                   "grid": {"loads": [{"workers": 0}]},
                                    "protocol": {"samples": 4, "block": 2, "warmup": 1, "settle_seconds": 0.0}}))
-    msg = one_error_line(cli(capsys, "latency", "run", "-c", cfg, "-o", tmp_path / "out"), "latency")
-    assert msg.startswith("config key 'models[0]': ") and "is a registration run" in msg
-    assert "measures classifier and video runs" in msg
-    assert not (tmp_path / "out").exists()
+    result = cli(capsys, "latency", "run", "-c", cfg, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    grid = torch.load(runs["reg"] / "best.pt", weights_only=False)["meta"]["grid"]
+    rec = json.loads((tmp_path / "out" / "models.json").read_text())["reg"]
+    assert rec["kind"] == "registration" and rec["input"] == [1, *grid] and rec["source"] == "checkpoint"
+    bad = tmp_path / "bad.yaml"  # a grid the run's network cannot take: one line naming the model, nothing written
+    bad.write_text(yaml.safe_dump({"models": [{"checkpoint": str(runs["reg"]), "input": [1, 16, 16]}]}))
+    msg = one_error_line(cli(capsys, "latency", "run", "-c", bad, "-o", tmp_path / "out2"), "latency")
+    assert msg.startswith("config key 'models[0]': input [1, 16, 16] must have 4 dimensions")
+    assert not (tmp_path / "out2").exists()
 
 
 # ----------------------------------------------------------------------------------------- pruned runs

@@ -20,12 +20,13 @@ import pytest
 import torch
 from helpers.procs import default_sigint, proc_stat
 
-from leancnn.cli import main
-from leancnn.config import LatencyConfig, from_dict
 from leancnn import loadspec
+from leancnn.cli import main
+from leancnn.config import from_dict
 from leancnn.errors import ConfigError, LeancnnError
 from leancnn.latency import measure
 from leancnn.latency.cleanup import active_loads
+from leancnn.latency.config import LatencyConfig
 from leancnn.latency.quota import quota_support
 from leancnn.tasks import latency as runner
 
@@ -125,6 +126,23 @@ def test_backends_and_a_stream_step_and_an_onnx_file(tmp_path):
     assert "onnxruntime" in eager["skipped_models"]["cnn"]
     assert ort["samples_per_model"] == {"resnet20": 10, "a0_step": 10, "cnn": 10}
     assert json.loads((out / "models.json").read_text())["a0_step"]["kind"] == "stream_step"
+
+
+@pytest.mark.slow
+def test_a_registration_network_is_timed_with_its_two_inputs(tmp_path):
+    cfg = cfg_of(models=[{"name": "reg_local", "input": [1, 16, 16, 16]}],
+                 grid={"loads": [{"workers": 0}], "backends": ["eager", "onnxruntime"]},
+                 protocol={"samples": 4, "block": 2, "warmup": 1, "settle_seconds": 0.0})
+    out = tmp_path / "run"
+    runner.run(cfg, out, log=lambda s: None, report=False)
+    eager, ort = read_conditions(out)
+    assert eager["samples_per_model"] == {"reg_local": 4} and ort["samples_per_model"] == {"reg_local": 4}
+    rec = json.loads((out / "models.json").read_text())["reg_local"]
+    assert rec["kind"] == "registration" and rec["input"] == [1, 16, 16, 16] and rec["macs"] > 0
+    with pytest.raises(LeancnnError, match=r"models\[0\]'.*must have 4 dimensions"):
+        runner.check_run(cfg_of(models=[{"name": "reg_local", "input": [1, 16, 16]}]))
+    with pytest.raises(LeancnnError, match=r"models\[0\]': input \[1, 16, 16, 16\]: "):  # an affine head's grid
+        runner.check_run(cfg_of(models=[{"name": "reg_global", "input": [1, 16, 16, 16]}]))
 
 
 def test_stream_step_callable_carries_the_state():

@@ -23,9 +23,8 @@ from leancnn.tasks.classification import train_loader
 from leancnn.tasks.classify import train
 from leancnn.tasks.digits import build_datasets, build_model, build_unlabeled, held_out_wording, labeled_split
 from leancnn.tasks.lodo import parse_variant, plan, run_lodo
-from leancnn.train import DistContext, load_checkpoint
 from leancnn.tasks.semi import SemiTask
-from leancnn.train import Trainer
+from leancnn.train import DistContext, Trainer, load_checkpoint
 
 HERE = Path(__file__).parent
 

@@ -47,9 +47,11 @@ def files_of(path: Path) -> dict[str, str]:
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """The inputs of every command, each in a folder of its own (so that the folder holding one holds no other)."""
     nib = pytest.importorskip("nibabel")  # noqa: F841 - the registration inputs need it
-    from leancnn.config import RegisterConfig, VideoConfig, load_config
+    from leancnn.config import load_config
     from leancnn.data.registration import write_phantoms
     from leancnn.tasks import register, video
+    from leancnn.tasks.register import RegisterConfig
+    from leancnn.tasks.video import VideoConfig
 
     base = tmp_path_factory.mktemp("inputs")
     p = {"clf": base / "clf" / "run", "vrun": base / "video" / "run", "data": base / "regdata" / "pairs",

@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 
 from leancnn.errors import LeancnnError
 from leancnn.prune.blend import BlendedCriterion, depth_buckets
+from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations
 from leancnn.prune.normalise import normalise_scores
 from leancnn.prune.search import BlendSpace, evolve, project_simplex, seed_population
-from leancnn.prune.cluster import cluster_criteria, correlations, plot_correlations
 
 CRITERIA = ["l1", "l2", "fpgm", "bn", "taylor", "random"]
 W_STAR = np.array([0.6, 0.3, 0.1, 0.0])
@@ -156,7 +156,7 @@ def test_one_hot_blend_reproduces_criterion_and_round_trips():
         out = crit.blend({g: {target: t[target]} for g, t in scores.items()})  # inactive criteria not needed
         for g, s in out.items():
             assert np.array_equal(np.argsort(s, kind="stable"), np.argsort(scores[g][target], kind="stable"))
-    crit = BlendedCriterion(["l1", "taylor", "bn"], [2.0, 1.0, 1.0], normalize="scale", name="mix",
+    crit = BlendedCriterion(["l1", "taylor", "bn"], [2.0, 1.0, 1.0], normalise="scale", name="mix",
                             clusters=[["l1", "l2", "fpgm"], ["taylor"], ["bn"]])
     assert np.allclose(crit.weights, [[0.5, 0.25, 0.25]])
     text = crit.describe()
@@ -190,7 +190,7 @@ def test_blend_bad_input():
     with pytest.raises(LeancnnError, match="must be >= 0"):
         BlendedCriterion(["l1", "l2"], [0.5, -0.1])
     with pytest.raises(LeancnnError, match="unknown normalisation"):
-        BlendedCriterion(["l1", "l2"], [0.5, 0.5], normalize="softmax")
+        BlendedCriterion(["l1", "l2"], [0.5, 0.5], normalise="softmax")
     with pytest.raises(LeancnnError, match="positive sum"):
         BlendedCriterion(["l1", "l2"], [0.0, 0.0])
     with pytest.raises(LeancnnError, match="2 entries"):

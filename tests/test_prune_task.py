@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from leancnn.cli import main
-from leancnn.config import PruneConfig, from_dict
+from leancnn.config import from_dict
 from leancnn.errors import LeancnnError
 from leancnn.tasks import prune as tprune
+from leancnn.tasks.prune import PruneConfig
 from leancnn.train import load_checkpoint
 
 TINY = ["model.name=resnet20", "data.domains=[mnist]", "data.limit_train=256", "data.limit_eval=128",

@@ -13,7 +13,7 @@ import torch
 nib = pytest.importorskip("nibabel")
 
 from leancnn.cli import main  # noqa: E402
-from leancnn.config import RegisterConfig, load_config  # noqa: E402
+from leancnn.config import load_config  # noqa: E402
 from leancnn.data.registration import (  # noqa: E402
     PairedNifti,
     resize_to_grid,
@@ -21,9 +21,10 @@ from leancnn.data.registration import (  # noqa: E402
     write_phantoms,
 )
 from leancnn.errors import LeancnnError  # noqa: E402
-from leancnn.outputs import MANIFEST, read_manifest  # noqa: E402
 from leancnn.nn.warp import affine_to_ddf, initial_map, resize_ddf, warp  # noqa: E402
+from leancnn.outputs import MANIFEST, read_manifest  # noqa: E402
 from leancnn.tasks import register as R  # noqa: E402
+from leancnn.tasks.register import RegisterConfig
 
 # a tiny network that fits 6 phantom pairs in a few seconds: the end-to-end check that the label-driven loss,
 # the warp, the engine and the evaluation fit together

@@ -11,11 +11,12 @@ import torch
 
 import leancnn
 from leancnn.cli import main
-from leancnn.config import VideoConfig, load_config
+from leancnn.config import load_config
 from leancnn.data import video as vdata
 from leancnn.errors import LeancnnError
 from leancnn.tasks import video
 from leancnn.tasks.classification import ClassifyTask
+from leancnn.tasks.video import VideoConfig
 from leancnn.train import Trainer
 
 TINY = ["data.frames=8", "data.height=24", "data.width=24", "data.train=40", "data.val=20", "data.test=20",

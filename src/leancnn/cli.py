@@ -10,7 +10,6 @@ from pathlib import Path
 from .errors import LeancnnError
 from .interrupts import die_with_launcher, reports_interrupt, sigterm_raises
 
-
 # --force everywhere (docs/training.md, "Runs, resume and reuse"): -o is never an input, nor inside or holding one;
 # --force deletes only the files leancnn wrote there, only after every check; other files are never removed
 FORCE_RUN = ("replace the run that -o already holds: only its run files (checkpoints, metrics, summary, ...) are "
@@ -163,7 +162,7 @@ def _add_prune_parser(sub) -> None:
                                    "clusters the criteria only. The input checkpoint is never modified.")
     p.add_argument("source", nargs="+", metavar="[analyse] RUN_OR_CHECKPOINT",
                    help="a training run directory or checkpoint (prefix 'analyse' for the clustering alone)")
-    p.add_argument("-c", "--config", help="YAML prune config: the keys of leancnn.config.PruneConfig (docs/pruning.md "
+    p.add_argument("-c", "--config", help="YAML prune config: the keys of leancnn.tasks.prune.PruneConfig (docs/pruning.md "
                                           "explains them); defaults apply when omitted")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. search.population=8")
     p.add_argument("-o", "--out", help="output directory (default runs/<name>-<time>)")
@@ -182,7 +181,8 @@ def _run_prune(args: argparse.Namespace) -> int:
     if src[0] == "analyse":
         if len(src) != 2:
             raise LeancnnError("usage: leancnn prune analyse RUN_OR_CHECKPOINT --criteria C1 C2 ... [-o DIR]")
-        from .config import PruneConfig, load_config
+        from .config import load_config
+        from .tasks.prune import PruneConfig
 
         pcfg = load_config(args.config, args.overrides, cls=PruneConfig)
         prune.analyse(src[1], args.criteria or ["l1", "l2", "fpgm", "bn", "taylor", "act_mean", "apoz", "entropy",

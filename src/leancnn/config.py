@@ -3,6 +3,12 @@
 Every section is a dataclass; :func:`from_dict` checks each key and type against it, so an unknown key or a
 wrong type fails with the key path and the allowed keys (or values). Command-line overrides use
 ``key.sub=value`` (the value is parsed as YAML: ``3``, ``0.1``, ``true``, ``[mnist, syn]``).
+
+This module is the rule engine (:func:`rule`, :func:`from_dict`, :func:`derive`, :func:`load_config`) and the
+sections every training task shares (:class:`OptimConfig`, :class:`ScheduleConfig`, :class:`TrainConfig`), with
+the image classifiers' :class:`ExperimentConfig`. Every other schema lives beside its task:
+``leancnn.tasks.video.VideoConfig``, ``leancnn.tasks.register.RegisterConfig``, ``leancnn.tasks.prune.PruneConfig``
+and ``leancnn.latency.config.LatencyConfig`` (the latency library's own).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence, TypeVar, Union
+from typing import Any, Literal, Sequence, TypeVar, Union
 
 import yaml
 
@@ -120,7 +126,9 @@ def _check_number(v: float, rules: dict, path: str) -> None:
         raise ConfigError(f"config key '{path}' must be in {lower}, {upper}, got {_fmt(v)}")
 
 
-def _check_warmup(schedule: Any, train: Any) -> None:
+def check_warmup(schedule: Any, train: Any) -> None:
+    """The warm-up of ``schedule`` (a :class:`ScheduleConfig`) fits in the epochs of ``train`` (a
+    :class:`TrainConfig`): a check every training config's ``_check`` runs."""
     if schedule.warmup_epochs > train.epochs:
         raise ConfigError(f"config key 'schedule.warmup_epochs' ({_fmt(schedule.warmup_epochs)}) must "
                           f"not exceed 'train.epochs' ({train.epochs})")
@@ -265,7 +273,7 @@ class ExperimentConfig:
 
     def _check(self) -> None:
         """Checks across sections that need no data and no model (those are in ``tasks/runs.py``)."""
-        _check_warmup(self.schedule, self.train)
+        check_warmup(self.schedule, self.train)
         if self.schedule.name == "cosine" and self.schedule.min_lr > self.optim.lr:
             raise ConfigError(f"config key 'schedule.min_lr' ({_fmt(self.schedule.min_lr)}) must not exceed "
                               f"'optim.lr' ({_fmt(self.optim.lr)})")
@@ -302,325 +310,6 @@ class ExperimentConfig:
             raise ConfigError(
                 f"semi.unlabeled_batch_size={u_batch} differs from data.batch_size={data.batch_size}: "
                 "labelled <-> unlabelled crossdomain MixStyle needs two equal halves; set it to 0")
-
-
-@dataclass
-class VideoDataConfig:
-    """The moving-digits action videos (``data/video.py``); ``frame_step``/``frame_offset`` subsample time (a
-    half-frame-rate ensemble member: step 2, offset 0 or 1)."""
-
-    name: Literal["moving_digits"] = "moving_digits"
-    frames: int = rule(16, ge=4, le=512)  # the ranges of data/video.py's MovingDigitsSpec (a test keeps them equal)
-    height: int = rule(32, ge=16, le=512)
-    width: int = rule(32, ge=16, le=512)
-    train: int = rule(2000, ge=10, le=1_000_000)  # videos per split (balanced over the 10 actions)
-    val: int = rule(400, ge=10, le=1_000_000)
-    test: int = rule(600, ge=10, le=1_000_000)
-    seed: int = rule(0, ge=0, lt=SEED_MAX)  # the dataset's seed (which digits, which motions)
-    augment: bool = True  # flips (with the labels they swap), shifts, brightness/contrast; the same for every frame
-    frame_step: int = rule(1, ge=1)  # keep every n-th frame
-    frame_offset: int = rule(0, ge=0)  # starting at this frame
-    batch_size: int = rule(16, ge=1)  # global batch: divided between DDP ranks
-    eval_batch_size: int = rule(64, ge=1, runtime=True)
-    num_workers: int = rule(0, ge=0, runtime=True)
-
-    def _check(self) -> None:
-        if self.frame_offset >= self.frame_step:
-            raise ConfigError(f"config key 'data.frame_offset' ({self.frame_offset}) must be smaller than "
-                              f"'data.frame_step' ({self.frame_step})")
-
-
-@dataclass
-class VideoModelConfig:
-    name: str = rule("movinet_a0_stream", nonempty=True)
-    num_classes: int = rule(10, ge=1)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model builder
-    # BatchNorm momentum (PyTorch's convention: the weight of the new batch); 0 keeps the model's own. MoViNet's is
-    # TF's 0.99 decay = 0.01, right for 85k steps; in a few hundred steps the running statistics stay near their
-    # initial values and evaluation collapses, so short runs set 0.1.
-    bn_momentum: float = rule(0.0, ge=0.0, le=1.0)
-
-
-@dataclass
-class VideoOptimConfig(OptimConfig):
-    name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = rule(3e-3, gt=0.0)
-    weight_decay: float = rule(0.05, ge=0.0)
-
-
-@dataclass
-class VideoScheduleConfig(ScheduleConfig):
-    warmup_epochs: float = rule(1.0, ge=0.0)
-
-
-@dataclass
-class VideoTrainConfig(TrainConfig):
-    epochs: int = rule(8, ge=1, resumable=True)
-    # frames per sub-clip: 0 trains on the whole clip in one causal pass; n > 0 feeds the clip n frames at a time,
-    # carrying the stream state detached between sub-clips (memory of one sub-clip; stream models only)
-    sub_clip: int = rule(0, ge=0)
-    label_smoothing: float = rule(0.0, ge=0.0, lt=1.0)
-
-
-@dataclass
-class VideoConfig:
-    """``leancnn video train``: a video classifier on the moving-digits actions (docs/movinet.md)."""
-
-    name: str = rule("video", name=True, runtime=True)
-    output_dir: str = rule("runs", nonempty=True, runtime=True)
-    model: VideoModelConfig = field(default_factory=VideoModelConfig)
-    data: VideoDataConfig = field(default_factory=VideoDataConfig)
-    optim: VideoOptimConfig = field(default_factory=VideoOptimConfig)
-    schedule: VideoScheduleConfig = field(default_factory=VideoScheduleConfig)
-    train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
-
-    def _check(self) -> None:
-        _check_warmup(self.schedule, self.train)
-        used = -(-(self.data.frames - self.data.frame_offset) // self.data.frame_step)
-        if self.train.sub_clip > used:
-            raise ConfigError(f"config key 'train.sub_clip' ({self.train.sub_clip}) exceeds the {used} frames a "
-                              "clip has after data.frame_step/frame_offset")
-
-
-@dataclass
-class LatencyModelConfig:
-    """One model of a latency grid: exactly one of ``name`` (a registered model, random weights),
-    ``checkpoint`` (a training run directory or ``.pt``) or ``onnx`` (an ``.onnx`` file: onnxruntime only)."""
-
-    name: str | None = None
-    checkpoint: str | None = None
-    onnx: str | None = None
-    # input shape without the batch: (C, H, W) for an image classifier, (C, T, H, W) for a video model; for a
-    # stream MoViNet T is the frames fed per stream step. Default: the registry's input size (a stream model: one
-    # frame per step at the registry's H x W), a run's training size, the ONNX file's own input shape.
-    input: list[int] | None = rule(None, min_len=3, max_len=4, ge=1)
-    label: str | None = rule(None, nonempty=True)  # the name in tables (default: the model's name / file stem)
-    num_classes: int | None = rule(None, ge=1)  # registered models: default the registry's
-    # a stream MoViNet: "stream_step" times one step with the state carried (default); "clip" times the whole
-    # input clip as one causal pass
-    mode: Literal["stream_step", "clip"] = "stream_step"
-
-
-@dataclass
-class LatencyLoadConfig:
-    """One contention level (``leancnn.loadspec.LoadSpec``): ``workers`` CPU hogs busy ``percent`` % of the
-    time, optionally pinned (a list of CPU ids, or "spread": one CPU each), by stress-ng or the Python fallback."""
-
-    workers: int = 0
-    percent: int = 100
-    pin: list[int] | str | None = None
-    kind: Literal["auto", "stress-ng", "python"] = "auto"
-
-
-@dataclass
-class LatencyGridConfig:
-    """The conditions: every load level (and every CPU quota) x threads x backend x batch size."""
-
-    loads: list[LatencyLoadConfig] = field(default_factory=lambda: [LatencyLoadConfig(0), LatencyLoadConfig(1)])
-    # CPU-quota conditions (cores, e.g. 0.5): the measuring process under a cgroup bandwidth limit, no load;
-    # skipped with a note where neither cgroup v1 nor v2 is writable
-    quotas: list[float] = rule(factory=list, gt=0.0, unique=True)
-    threads: list[int] = rule(factory=lambda: [1], ge=1, min_len=1, unique=True)
-    backends: list[Literal["eager", "compile", "onnxruntime"]] = rule(factory=lambda: ["eager"], min_len=1,
-                                                                     unique=True)
-    batch_sizes: list[int] = rule(factory=lambda: [1], ge=1, min_len=1, unique=True)
-
-
-@dataclass
-class LatencyProtocolConfig:
-    """How each condition is measured (docs/latency.md)."""
-
-    warmup: int = rule(10, ge=0)  # untimed inferences per model per condition (torch.compile: after compiling)
-    samples: int = rule(200, ge=2)  # timed inferences per model per condition
-    block: int = rule(10, ge=1)  # consecutive inferences of one model in a block; models in random order per block
-    # time budget of a condition's timed blocks (warm-up and compilation excluded): stop after the current block
-    condition_seconds: float = rule(120.0, gt=0.0)
-    settle_seconds: float = rule(1.0, ge=0.0)  # wait after a load starts, before the warm-up
-    seed: int = rule(0, ge=0, lt=SEED_MAX)  # model order in the blocks
-    memory_format: Literal["channels_last", "contiguous"] = "channels_last"  # 4-D image inputs, eager/compile
-    ort_spinning: bool = True  # onnxruntime's intra-op spinning (its default); false = session.intra_op.allow_spinning 0
-
-
-@dataclass
-class LatencyAnalysisConfig:
-    quantiles: list[float] = rule(factory=lambda: [0.5, 0.99], gt=0.0, lt=1.0, min_len=1, unique=True)
-    alpha: float = rule(0.05, gt=0.0, lt=1.0)  # family-wise error rate over all pairwise tests (Holm)
-    margin: float = rule(0.02, ge=0.0, lt=1.0)  # relative tie band: closer than this is "tie"
-    recommend_quantile: float = rule(0.99, gt=0.0, lt=1.0)
-    recommend_rule: Literal["minimax", "mean_rank", "regret"] = "minimax"
-
-
-@dataclass
-class LatencyConfig:
-    """``leancnn latency run``: models x conditions, measured with real co-running load (docs/latency.md)."""
-
-    name: str = rule("latency", name=True)
-    output_dir: str = rule("runs", nonempty=True)
-    device: Literal["cpu", "cuda"] = "cpu"  # where the models run; the load is always on the CPU
-    models: list[LatencyModelConfig] = rule(factory=lambda: [LatencyModelConfig(name="resnet20"),
-                                                             LatencyModelConfig(name="mobilenetv3_small")],
-                                            min_len=1)
-    grid: LatencyGridConfig = field(default_factory=LatencyGridConfig)
-    protocol: LatencyProtocolConfig = field(default_factory=LatencyProtocolConfig)
-    analysis: LatencyAnalysisConfig = field(default_factory=LatencyAnalysisConfig)
-
-    def _check(self) -> None:
-        if not self.grid.loads and not self.grid.quotas:
-            raise ConfigError("config key 'grid': no conditions (grid.loads and grid.quotas are both empty); give at "
-                              "least one load level, e.g. grid.loads=[{workers: 0}]")
-        from .loadspec import LoadSpec
-        from .threads import allowed_cpus
-
-        cores = len(allowed_cpus())
-        for i, q in enumerate(self.grid.quotas):
-            if q > cores:  # a bandwidth limit above the CPUs the process may use limits nothing
-                raise ConfigError(f"config key 'grid.quotas[{i}]' = {q:g} is above the {cores} CPU(s) this process may "
-                                  f"run on (os.sched_getaffinity); allowed: (0, {cores}] cores")
-        for i, m in enumerate(self.models):
-            given = [k for k in ("name", "checkpoint", "onnx") if getattr(m, k) is not None]
-            if len(given) != 1:
-                raise ConfigError(f"config key 'models[{i}]' needs exactly one of name (a registered model), "
-                                  f"checkpoint (a run directory or .pt) or onnx (an .onnx file); got {given or 'none'}")
-        for i, load in enumerate(self.grid.loads):
-            try:
-                LoadSpec(**dataclasses.asdict(load))
-            except ConfigError as e:
-                raise ConfigError(str(e).replace("config key 'load.", f"config key 'grid.loads[{i}].")) from None
-        labels = [m.label for m in self.models if m.label]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise ConfigError(f"config key 'models': label(s) {dup} used more than once")
-
-
-@dataclass
-class PruneSearchConfig:
-    """The evolutionary search of the blended criterion (docs/pruning.md)."""
-
-    method: Literal["none", "ea"] = "none"  # none: the criteria blended with equal weights (one criterion: itself)
-    population: int = rule(12, ge=2)
-    generations: int = rule(8, ge=1)
-    mutation_sigma: float = rule(0.2, gt=0.0)
-    crossover: Literal["blend", "uniform"] = "blend"
-    crossover_rate: float = rule(0.9, ge=0.0, le=1.0)
-    elitism: int = rule(2, ge=0)
-    seed: int = rule(0, ge=0, lt=SEED_MAX)
-    workers: int = rule(1, ge=1)  # fitness evaluations in parallel processes (fork)
-    buckets: int = rule(1, ge=1)  # 1: one weight vector for the network; n: one per depth bucket
-    val_images: int = rule(1000, ge=10)  # validation images per fitness evaluation (the validation split)
-    bn_batches: int = rule(10, ge=1)  # training batches that recalibrate BatchNorm before each evaluation
-
-    def _check(self) -> None:
-        if self.elitism >= self.population:
-            raise ConfigError(f"config key 'search.elitism' ({self.elitism}) must be smaller than "
-                              f"'search.population' ({self.population})")
-
-
-@dataclass
-class PruneConfig:
-    """``leancnn prune``: structural pruning of a trained classifier to a MAC target with a single or blended
-    criterion, optionally searched, then fine-tuned (docs/pruning.md)."""
-
-    name: str = rule("prune", name=True)
-    target_macs: float = rule(0.5, gt=0.0, lt=1.0)  # fraction of the MACs kept
-    criteria: list[str] = rule(factory=lambda: ["l1"], min_len=1, unique=True)  # one: that criterion; more: blended
-    normalize: Literal["rank", "scale", "zscore"] = "rank"  # how each criterion's scores are put on one scale
-    correlation: Literal["spearman", "kendall"] = "spearman"
-    cluster_threshold: float = rule(0.9, gt=0.0, le=1.0)  # criteria with rank correlation >= this share a cluster
-    linkage: Literal["single", "complete", "average", "weighted"] = "average"
-    candidates_per_cluster: int = rule(1, ge=1)  # blending candidates taken from each cluster
-    global_pruning: bool = False  # one threshold over all groups instead of the same ratio in each
-    round_to: int = rule(0, ge=0)  # keep channel counts multiples of this (0: no rounding)
-    calib_batches: int = rule(4, ge=1)  # batches the data-driven criteria see
-    search: PruneSearchConfig = field(default_factory=PruneSearchConfig)
-    finetune_epochs: int = rule(0, ge=0)  # 0: no fine-tuning
-    finetune_lr: float = rule(0.01, gt=0.0)
-    finetune_limit_train: int = rule(0, ge=0)  # training images for fine-tuning (0: the source run's setting)
-    seed: int = rule(0, ge=0, lt=SEED_MAX)
-
-
-@dataclass
-class RegisterDataConfig:
-    """A paired NIfTI folder (docs/registration.md) and how it is split, sampled and resized for the network."""
-
-    root: str = ""  # the paired folder (moving_images/, fixed_images/, moving_labels/, fixed_labels/)
-    normalise: Literal["minmax", "zscore", "none"] = "minmax"  # per image
-    nan_policy: Literal["error", "zero"] = "error"  # non-finite voxels: refuse the pair, or set them to 0
-    # how the moving volume sits on the fixed grid before registration: centre = centres aligned, mm kept (header
-    # spacings); corners = label-reg's corner-to-corner resize (stretches the moving volume to the fixed extent)
-    initial: Literal["centre", "corners"] = "centre"
-    folds: int = rule(4, ge=2)  # k of the k-fold split by pair (with fold >= 0)
-    fold: int = rule(-1, ge=-1)  # -1: every pair trains (minus val_pairs); i >= 0: fold i is held out as the test set
-    val_pairs: int = rule(4, ge=0)  # training pairs held out for the per-epoch validation Dice (seeded); 0 = none
-    split_seed: int = rule(0, ge=0, lt=SEED_MAX)
-    scale: float = rule(0.5, gt=0.0, le=1.0)  # the network's grid = round(scale * fixed shape); the DDF is upsampled
-    augment_scale: float = rule(0.1, ge=0.0, lt=1.0)  # random affine augmentation (label-reg: 0.1); 0 = off
-    batch_size: int = rule(4, ge=1)
-    num_workers: int = rule(0, ge=0, runtime=True)
-    # keys of earlier versions, accepted and dropped when read (older checkpoints and configs hold them)
-    RETIRED: ClassVar[tuple[str, ...]] = ("eval_batch_size",)  # evaluation registers one pair at a time
-
-
-@dataclass
-class RegisterModelConfig:
-    kind: Literal["local", "global", "composite"] = "local"
-    channels: list[int] = rule(factory=lambda: [8, 16, 32, 64], min_len=1, ge=1)  # label-reg: 32, 64, 128, 256
-    global_channels: list[int] = rule(factory=lambda: [4, 8, 16, 32], min_len=1, ge=1)  # composite's affine part
-    ddf_levels: list[int] = rule(factory=list, ge=0, unique=True)  # local: [] = every level (label-reg)
-    bn_mode: Literal["batch", "running"] = "batch"  # batch: batch statistics at inference too (label-reg)
-
-
-@dataclass
-class RegisterLossConfig:
-    label: Literal["dice", "cross_entropy"] = "dice"  # multi-scale soft Dice (label-reg) or label cross-entropy
-    sigmas: list[float] = rule(factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0], min_len=1, ge=0.0)  # voxels of the net grid
-    regulariser: Literal["bending", "gradient_l2", "gradient_l1"] = "bending"
-    weight: float = rule(0.5, ge=0.0)  # label-reg: 0.5 (bending)
-
-
-@dataclass
-class RegisterOptimConfig(OptimConfig):
-    name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = rule(3e-4, gt=0.0)  # label-reg: Adam 1e-5 for 10k steps at full width; small nets train faster
-    weight_decay: float = rule(0.0, ge=0.0)
-    # lr multiplier of the affine head (global, composite): its zero-initialised linear layer flattens thousands of
-    # features, so a plain Adam step moves all 12 affine numbers by lr x that many at once (diverges at 1e-3)
-    affine_lr_scale: float = rule(0.01, gt=0.0, le=1.0)
-
-
-@dataclass
-class RegisterScheduleConfig(ScheduleConfig):
-    name: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_epochs: float = rule(1.0, ge=0.0)
-
-
-@dataclass
-class RegisterTrainConfig(TrainConfig):
-    # one epoch = one pass over the training pairs (one label drawn per pair)
-    epochs: int = rule(100, ge=1, resumable=True)
-    memory_format: Literal["auto", "channels_last", "contiguous"] = rule("contiguous", runtime=True)  # 3-D nets
-
-
-@dataclass
-class RegisterConfig:
-    """``leancnn register train``: label-driven weakly-supervised registration (docs/registration.md)."""
-
-    name: str = rule("register", name=True, runtime=True)
-    output_dir: str = rule("runs", nonempty=True, runtime=True)
-    model: RegisterModelConfig = field(default_factory=RegisterModelConfig)
-    data: RegisterDataConfig = field(default_factory=RegisterDataConfig)
-    loss: RegisterLossConfig = field(default_factory=RegisterLossConfig)
-    optim: RegisterOptimConfig = field(default_factory=RegisterOptimConfig)
-    schedule: RegisterScheduleConfig = field(default_factory=RegisterScheduleConfig)
-    train: RegisterTrainConfig = field(default_factory=RegisterTrainConfig)
-
-    def _check(self) -> None:
-        _check_warmup(self.schedule, self.train)
-        if self.data.fold >= self.data.folds:
-            raise ConfigError(f"config key 'data.fold' ({self.data.fold}) must be below 'data.folds' "
-                              f"({self.data.folds}), or -1 for no test fold")
-        if self.model.ddf_levels and max(self.model.ddf_levels) > len(self.model.channels):
-            raise ConfigError(f"config key 'model.ddf_levels' {self.model.ddf_levels} goes below the bottom level "
-                              f"{len(self.model.channels)} of model.channels {self.model.channels}")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -722,7 +411,14 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    renamed = getattr(cls, "RENAMED", {})
     for key, value in data.items():
+        if key in renamed:  # the earlier spelling of a key: read as the new one (written only in the new one)
+            if renamed[key] in data:
+                where_key = f"{path}.{renamed[key]}" if path else renamed[key]
+                raise ConfigError(f"config key {where_key!r} is given twice, also by its earlier name {key!r}; "
+                                  f"keep {renamed[key]!r}")
+            key = renamed[key]
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
             if key in getattr(cls, "RETIRED", ()):

@@ -115,9 +115,9 @@ DEMO_STREAM_ACTION = "rotate_cw"
 def video_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[tuple[str, str], Path]:
     """Train A0 stream briefly, stream a long synthetic video through it; the report's section (and a figure),
     and the run's checkpoint."""
-    from .config import VideoConfig
     from .models.movinet import state_nbytes
     from .tasks import video
+    from .tasks.video import VideoConfig
 
     raw = copy.deepcopy(DEMO_VIDEO)
     raw["train"].update(threads=cfg.train.threads, device=cfg.train.device, seed=cfg.train.seed)
@@ -169,8 +169,8 @@ DEMO_LATENCY = {
 def latency_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, stream: str | Path | None,
                     force: bool = False) -> tuple[str, str]:
     """Measure the demo's models idle and under load (``leancnn latency``); the report's section."""
-    from .config import LatencyConfig
     from .latency import report as lreport
+    from .latency.config import LatencyConfig
     from .tasks import latency as latency_task
 
     raw = copy.deepcopy(DEMO_LATENCY)
@@ -218,10 +218,11 @@ DEMO_PRUNE = {"name": "demo-prune", "target_macs": 0.5, "criteria": ["l1", "bn",
 
 def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, force: bool = False) -> tuple[str, str]:
     """Prune the demo's classifier (``leancnn prune``), fine-tune it, time both; the report's section."""
-    from .config import LatencyConfig, PruneConfig
     from .latency import report as lreport
+    from .latency.config import LatencyConfig
     from .tasks import latency as latency_task
     from .tasks import prune as tprune
+    from .tasks.prune import PruneConfig
 
     raw = copy.deepcopy(DEMO_PRUNE)
     if cfg.data.limit_train > 0:  # a shortened demo (tests) prunes on less
@@ -276,9 +277,9 @@ DEMO_PHANTOMS = {"n": 12, "deformation": 1.0, "affine": 0.15}
 
 def register_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> tuple[str, str]:
     """Write phantom pairs, train a registration network briefly, evaluate it; the report's section."""
-    from .config import RegisterConfig
     from .data.registration import write_phantoms
     from .tasks import register as reg
+    from .tasks.register import RegisterConfig
 
     data = out / "register" / "phantoms"
     write_phantoms(data, **DEMO_PHANTOMS)

@@ -1,15 +1,23 @@
-"""ONNX export: plain classifiers, and one step of a stream MoViNet with its state as graph inputs and outputs;
-an onnxruntime runner for the stream step.
+"""ONNX export: plain classifiers, registration networks (two volumes in, a displacement field out), and one step
+of a stream MoViNet with its state as graph inputs and outputs; an onnxruntime runner for the stream step.
 
 Every export is one self-contained ``.onnx`` file (weights inside, no external-data files), written atomically
 (temp file + rename: a reader never sees half a model), with static shapes (the ones given), by torch's default
 exporter (``torch.onnx.export(..., dynamo=True)``); ``exporter="torchscript"`` selects the older tracing exporter,
 ``"auto"`` (default) falls back to it if the dynamo exporter fails. The model is exported in eval mode from a
 copy: the caller's model (weights, mode) is not touched. The file's metadata (``leancnn.*``) says what it holds
-and which exporter wrote it.
+(``leancnn.export``: ``classifier``, ``registration`` or ``movinet_stream_step``) and which exporter wrote it.
 
 **Plain classifier** (:func:`export_model`): input ``input`` (``input_shape``, batch included), output
 ``logits``.
+
+**Registration network** (:func:`export_model` on a :mod:`leancnn.models.regnet` network: ``reg_local``,
+``reg_global``, ``reg_composite``, or a ``leancnn register`` run's): inputs ``moving`` and ``fixed``, float
+``[B, C, X, Y, Z]`` each (``input_shape``; C = 1 for the registered networks, which take ``in_channels = 2``),
+output ``ddf`` float ``[B, 3, X, Y, Z]``: the network's dense displacement field (its ``"ddf"`` entry, fixed-grid
+voxel units; the affine ``theta`` of GlobalNet / CompositeNet and the composite's parts are not exported). The
+moving image is expected on the fixed grid already, as the networks take it. Only the dynamo exporter exports
+these networks (the tracing exporter fails on their batch-statistics BatchNorm and the affine head's grid).
 
 **Stream step** (:func:`export_stream_step`), the contract of :meth:`leancnn.models.movinet.MoViNet.stream_step`
 as a graph. Names, in this order:
@@ -47,8 +55,10 @@ import torch.nn as nn
 from .io import atomic_path
 
 FRAMES, LOGITS, INPUT = "frames", "logits", "input"
+MOVING, FIXED, DDF = "moving", "fixed", "ddf"
 STATE_PREFIX, NEW_STATE_PREFIX = "state.", "new_state."
 KIND_KEY, STREAM_KIND, MODEL_KIND = "leancnn.export", "movinet_stream_step", "classifier"
+REGISTRATION_KIND = "registration"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
@@ -156,22 +166,57 @@ def export_stream_step(model: nn.Module, path: str | os.PathLike, height: int, w
                    opset, exporter, metadata)
 
 
+def is_registration(model: nn.Module) -> bool:
+    """Whether ``model`` is a registration network (:mod:`leancnn.models.regnet`): two inputs, a DDF out."""
+    from .models.regnet import CompositeNet, GlobalNet, LocalNet
+
+    return isinstance(model, (LocalNet, GlobalNet, CompositeNet))
+
+
+class _DdfGraph(nn.Module):
+    """``forward(moving, fixed) -> ddf``: a registration network's displacement field alone (the ``"ddf"`` entry
+    of the dict it returns), the one output its graph has."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self.model(moving, fixed)["ddf"]
+
+
 def export_model(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], opset: int | None = None,
                  exporter: str = "auto") -> Path:
-    """Write classifier ``model`` for inputs of ``input_shape`` (batch included, e.g. ``(1, 3, 32, 32)``) to
-    ``path``: input ``input``, output ``logits``. Returns the path."""
+    """Write ``model`` for inputs of ``input_shape`` (batch included) to ``path``; returns the path. A classifier
+    (e.g. ``(1, 3, 32, 32)``): input ``input``, output ``logits``. A registration network (:func:`is_registration`;
+    ``(B, C, X, Y, Z)``, the shape of each of its two inputs): inputs ``moving``, ``fixed``, output ``ddf``."""
+    from .errors import LeancnnError
+
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), got {input_shape!r}")
+    registration = is_registration(model)
+    if registration and len(shape) != 5:
+        raise ValueError(f"input_shape of a registration network is (B, C, X, Y, Z), the shape of each of its two "
+                         f"inputs (moving, fixed), got {input_shape!r}")
     net = copy.deepcopy(model).eval()
     p = next(net.parameters(), None)
     x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
                     device=p.device if p is not None else "cpu")
-    metadata = {KIND_KEY: MODEL_KIND, "leancnn.model": getattr(model, "model_name", type(model).__name__),
+    kind, args, names, outputs = MODEL_KIND, (x,), [INPUT], [LOGITS]
+    if registration:
+        net, args, kind = _DdfGraph(net).eval(), (x, x.clone()), REGISTRATION_KIND
+        names, outputs = [MOVING, FIXED], [DDF]
+        try:  # the network's own checks (channels, the grid an affine head is built for) in one clear line
+            with torch.no_grad():
+                net(*args)
+        except LeancnnError as e:
+            raise ValueError(f"input_shape {shape}: {e}") from None
+    metadata = {KIND_KEY: kind, "leancnn.model": getattr(model, "model_name", type(model).__name__),
                 "leancnn.input_shape": "x".join(map(str, shape))}
-    return _export(net, (x,), Path(path), [INPUT], [LOGITS], opset, exporter, metadata)
+    return _export(net, args, Path(path), names, outputs, opset, exporter, metadata)
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -243,5 +288,5 @@ class OnnxStream:
         return out[0], dict(zip(self.keys, out[1:]))
 
 
-__all__ = ["FRAMES", "LOGITS", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX", "export_model",
-           "export_stream_step"]
+__all__ = ["DDF", "FIXED", "FRAMES", "LOGITS", "MOVING", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX",
+           "export_model", "export_stream_step", "is_registration"]

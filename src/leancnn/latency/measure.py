@@ -2,7 +2,7 @@
 and backend, the timing harness and the measurement of one condition -- the library that ``leancnn latency run``
 (:mod:`leancnn.tasks.latency`: models resolved, run directory, resume) runs condition after condition.
 
-A :class:`Condition` is one cell of a :class:`~leancnn.config.LatencyConfig`'s grid (contention level or CPU quota
+A :class:`Condition` is one cell of a :class:`~leancnn.latency.config.LatencyConfig`'s grid (contention level or CPU quota
 x threads x backend x batch size; :func:`plan_conditions`). :func:`run_condition` measures every model
 (:class:`ModelSpec`) of one condition:
 
@@ -46,10 +46,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import LatencyConfig, LatencyLoadConfig
 from ..io import cache_dir
 from ..loadspec import LoadSpec, stress_ng_path
 from ..train.checkpoint import state_digest
+from .config import LatencyConfig, LatencyLoadConfig
 from .loads import CpuLoad, LoadDiedError
 from .quota import CpuQuota
 from .system import system_snapshot
@@ -117,7 +117,7 @@ class ModelSpec:
     source: str  # registry | checkpoint | onnx
     name: str
     input: tuple[int, ...]
-    kind: str  # classifier | stream_step
+    kind: str  # classifier | stream_step | registration (two inputs of ``input``: moving, fixed)
     module: nn.Module | None = None
     onnx_path: Path | None = None
     onnx_batch: int | None = None  # the ONNX file's fixed batch (None: dynamic)
@@ -211,8 +211,7 @@ def make_callable(spec: ModelSpec, cond: Condition, cfg: LatencyConfig, cache: d
                 _, box[0] = sess.step(x, box[0])
 
             return run_stream
-        name = sess.get_inputs()[0].name
-        feed = {name: x}
+        feed = {i.name: x for i in sess.get_inputs()}  # a registration network: moving and fixed, the same volume
         run = sess.run
 
         def run_ort():
@@ -244,6 +243,14 @@ def make_callable(spec: ModelSpec, cond: Condition, cfg: LatencyConfig, cache: d
                 sync()
 
         return run_step
+
+    if spec.kind == "registration":
+        def run_pair():
+            module(x, x)
+            if sync:
+                sync()
+
+        return run_pair
 
     def run_eager():
         module(x)

@@ -6,7 +6,7 @@ criterion is searched with an evolutionary algorithm on validation data (``searc
 the design follows ``../shared/reference/pruning_criteria.md`` §2 steps 2, 5, 6 and §7.1. [ours] marks our choices.
 
 Normalisation (:func:`leancnn.prune.normalise.normalise_scores`, within one group, per criterion): criteria live on
-unrelated scales (weight norms, |γ|, Taylor products), so each one is mapped before blending by ``normalize``:
+unrelated scales (weight norms, |γ|, Taylor products), so each one is mapped before blending by ``normalise``:
 ``"rank"`` (default, reference §2 step 2: average ranks of ties, scaled to [0, 1]), ``"scale"`` (min-max to [0, 1])
 or ``"zscore"``. [ours] A constant vector (or a single channel) carries no ordering: it maps to 0.5 everywhere
 under ``"rank"`` and ``"scale"`` and to 0 under ``"zscore"``, so it adds the same amount to every channel and
@@ -124,9 +124,9 @@ class BlendedCriterion(CompositeCriterion):
     from) only changes :meth:`describe`.
     """
 
-    def __init__(self, criteria: Sequence[str] | None, weights, normalize: str = "rank", name: str | None = None,
+    def __init__(self, criteria: Sequence[str] | None, weights, normalise: str = "rank", name: str | None = None,
                  clusters: Sequence[Sequence[str]] | None = None, cluster_weights: Sequence[float] | None = None):
-        check_normalisation(normalize, BLEND_NORMALISATIONS)
+        check_normalisation(normalise, BLEND_NORMALISATIONS)
         if isinstance(weights, Sequence) and weights and all(isinstance(m, Mapping) for m in weights):
             criteria, weights, derived = _flatten_clusters(weights, cluster_weights, criteria)
             clusters = clusters if clusters is not None else derived
@@ -139,7 +139,7 @@ class BlendedCriterion(CompositeCriterion):
             raise LeancnnError(f"criteria must be distinct names, got {list(criteria)}")
         self.criteria: tuple[str, ...] = criteria
         self.weights: np.ndarray = _as_weights(weights, len(criteria))  # (buckets, K), rows sum to 1
-        self.normalize = normalize
+        self.normalise = normalise
         self.name = str(name) if name is not None else "blend"
         self.clusters = None if clusters is None else [tuple(str(c) for c in m) for m in clusters]
 
@@ -193,7 +193,7 @@ class BlendedCriterion(CompositeCriterion):
             elif x.size != n:
                 raise LeancnnError(f"group {group!r}: criterion {c!r} has {x.size} scores, others have {n}")
             try:
-                term = wk * normalise_scores(x, self.normalize)
+                term = wk * normalise_scores(x, self.normalise)
             except LeancnnError as e:
                 raise LeancnnError(f"group {group!r}, criterion {c!r}: {e}") from None
             total = term if total is None else total + term
@@ -222,7 +222,7 @@ class BlendedCriterion(CompositeCriterion):
     # --- text and JSON
 
     def describe(self, digits: int = 3) -> str:
-        lines = [f"blended criterion {self.name!r}: {self.normalize}-normalised scores, "
+        lines = [f"blended criterion {self.name!r}: {self.normalise}-normalised scores, "
                  f"{self.buckets} depth bucket{'s' if self.buckets > 1 else ''}"]
         rows = self._cluster_rows()
         sources = []
@@ -254,7 +254,7 @@ class BlendedCriterion(CompositeCriterion):
 
     def __repr__(self) -> str:
         w = self.weights[0] if self.buckets == 1 else self.weights
-        return (f"BlendedCriterion({list(self.criteria)}, {np.round(w, 4).tolist()}, normalize={self.normalize!r}, "
+        return (f"BlendedCriterion({list(self.criteria)}, {np.round(w, 4).tolist()}, normalise={self.normalise!r}, "
                 f"name={self.name!r})")
 
     def to_dict(self) -> dict:
@@ -263,7 +263,7 @@ class BlendedCriterion(CompositeCriterion):
             "name": self.name,
             "criteria": list(self.criteria),
             "weights": self.weights[0].tolist() if self.buckets == 1 else self.weights.tolist(),
-            "normalize": self.normalize,
+            "normalise": self.normalise,
             "clusters": None if self.clusters is None else [list(m) for m in self.clusters],
         }
 
@@ -276,16 +276,17 @@ class BlendedCriterion(CompositeCriterion):
             raise LeancnnError(f"blended criterion JSON lacks {missing} (has {sorted(data)})")
         if data.get("type", "blended_criterion") != "blended_criterion":
             raise LeancnnError(f"not a blended criterion: type {data.get('type')!r}")
-        unknown = sorted(set(data) - {"type", "name", "criteria", "weights", "normalize", "clusters"})
+        unknown = sorted(set(data) - {"type", "name", "criteria", "weights", "normalise", "normalize", "clusters"})
         if unknown:
             raise LeancnnError(f"blended criterion JSON has unknown keys {unknown}")
-        return cls(data["criteria"], data["weights"], normalize=data.get("normalize", "rank"),
+        # "normalize": the spelling of the files written before one spelling was kept (read, never written)
+        return cls(data["criteria"], data["weights"], normalise=data.get("normalise", data.get("normalize", "rank")),
                    name=data.get("name"), clusters=data.get("clusters"))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, BlendedCriterion):
             return NotImplemented
-        return (self.criteria == other.criteria and self.normalize == other.normalize and self.name == other.name
+        return (self.criteria == other.criteria and self.normalise == other.normalise and self.name == other.name
                 and self.weights.shape == other.weights.shape and bool(np.allclose(self.weights, other.weights,
                                                                                  rtol=0, atol=1e-12))
                 and self.clusters == other.clusters)

@@ -239,13 +239,13 @@ def ratio_for_target(model: nn.Module, example_inputs: Any, target_macs: float,
 
 def global_plan(model: nn.Module, example_inputs: Any, scores: Mapping[str, Any], target_macs: float,
                 input_size: Sequence[int] | None = None, max_ratio: float = 0.9, round_to: int | None = None,
-                min_channels: int = 1, normalizer: str = "mean", tol: float = 0.005,
+                min_channels: int = 1, normaliser: str = "mean", tol: float = 0.005,
                 ignored_layers: Iterable[nn.Module | str] = (), include_linear: bool = False,
                 max_error: float = 0.02) -> tuple[dict[str, list[int]], float]:
     """Global pruning: one threshold over scores normalised per group, found by bisection so that the pruned
     model keeps ``target_macs`` of the MACs.
 
-    Scores are normalised within each group by ``normalizer`` (:func:`~leancnn.prune.normalise.normalise_scores`:
+    Scores are normalised within each group by ``normaliser`` (:func:`~leancnn.prune.normalise.normalise_scores`:
     ``"mean"``: divided by the group mean after shifting negative scores to start at 0, as Torch-Pruning's
     default; ``"max"``; ``"zscore"``, where a constant group maps to 0); every channel below the
     threshold is removed, but no group loses more than ``max_ratio`` of its channels (nor goes below
@@ -259,7 +259,7 @@ def global_plan(model: nn.Module, example_inputs: Any, scores: Mapping[str, Any]
     check_round_to(graph.groups, round_to)
     _check_scores(graph.groups, scores, [g.name for g in graph.groups])
     macs = _MacsModel(graph, _input_size(example_inputs, input_size))
-    norm = {g.name: normalise_scores(scores[g.name], normalizer, GLOBAL_NORMALISATIONS) for g in graph.groups}
+    norm = {g.name: normalise_scores(scores[g.name], normaliser, GLOBAL_NORMALISATIONS) for g in graph.groups}
     floor = {g.name: n_keep(g.n_channels, max_ratio, round_to, min_channels) for g in graph.groups}
 
     def keeps(t: float) -> dict[str, int]:

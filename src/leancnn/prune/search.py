@@ -129,7 +129,7 @@ class BlendSpace:
 
     criteria: tuple[str, ...]
     buckets: int = 1
-    normalize: str = "rank"
+    normalise: str = "rank"
     clusters: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self):
@@ -138,7 +138,7 @@ class BlendSpace:
             raise LeancnnError(f"criteria must be distinct names, got {self.criteria!r}")
         object.__setattr__(self, "criteria", crit)
         depth_buckets(["x"], self.buckets)
-        check_normalisation(self.normalize, BLEND_NORMALISATIONS)
+        check_normalisation(self.normalise, BLEND_NORMALISATIONS)
         if self.clusters is not None:
             object.__setattr__(self, "clusters", tuple(tuple(str(c) for c in m) for m in self.clusters))
 
@@ -158,7 +158,7 @@ class BlendSpace:
         return project_simplex(g, self.buckets).reshape(self.buckets, len(self.criteria))
 
     def criterion(self, genome: Sequence[float] | np.ndarray, name: str = "blend") -> BlendedCriterion:
-        return BlendedCriterion(self.criteria, self.weights(genome), normalize=self.normalize, name=name,
+        return BlendedCriterion(self.criteria, self.weights(genome), normalise=self.normalise, name=name,
                                 clusters=self.clusters)
 
     def genome(self, criterion: BlendedCriterion) -> np.ndarray:

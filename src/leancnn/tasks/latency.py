@@ -1,6 +1,6 @@
 """``leancnn latency run``: one configured latency measurement into a run directory (issue 11, parts 1, 2 and 5).
 
-A run measures every model of a :class:`~leancnn.config.LatencyConfig` -- a registered name, a training run or
+A run measures every model of a :class:`~leancnn.latency.config.LatencyConfig` -- a registered name, a training run or
 checkpoint (rebuilt with :func:`leancnn.tasks.protocol.load_run`) or an ONNX file, resolved by
 :func:`resolve_models` -- in every condition of its grid, one condition at a time, with the measurement library
 :mod:`leancnn.latency.measure` (contention, warm-up, randomised blocks: see there). Every check that needs no
@@ -33,9 +33,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import LatencyConfig, LatencyModelConfig, dump_config, from_dict, to_dict
+from ..config import dump_config, from_dict, to_dict
 from ..errors import LeancnnError
+from ..export import is_registration
 from ..io import atomic_path, ensure_writable_dir
+from ..latency.config import LatencyConfig, LatencyModelConfig
 from ..latency.measure import (
     SAMPLE_COLUMNS,
     Condition,
@@ -117,27 +119,41 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
         except LeancnnError as e:
             raise LeancnnError(str(e)) from None
         spec = get_task(task_of(state))
-        if spec.name not in ("classify", "video"):
+        if spec.name not in ("classify", "video", "register"):
             kind = spec.kind_of(state)
             raise LeancnnError(f"{where}: '{path}' is a {kind} run, but `leancnn latency run` measures "
-                               f"classifier and video runs; a {kind} run is for {spec.commands}")
+                               f"classifier, video and registration runs; a {kind} run is for {spec.commands}")
         run = load_run(state)
-        module, default, name = run.model, tuple(run.task.input_shape(run.cfg)), run.cfg.model.name
+        module = run.model
+        if spec.name == "register":  # the network sees one grid: the one it was trained on (in the checkpoint)
+            default, name = (1, *((state.get("meta") or {}).get("grid") or ())), f"reg_{run.cfg.model.kind}"
+        else:
+            default, name = tuple(run.task.input_shape(run.cfg)), run.cfg.model.name
         source = "checkpoint"
     module.eval()
-    kind = "stream_step" if _is_stream(module) and m.mode == "stream_step" else "classifier"
+    if is_registration(module):
+        kind = "registration"
+    else:
+        kind = "stream_step" if _is_stream(module) and m.mode == "stream_step" else "classifier"
     if m.input is not None:
         shape = tuple(m.input)
     elif kind == "stream_step":
         shape = (default[0], 1, *default[-2:])
     else:
         shape = default
-    want = 4 if hasattr(module, "stream") else 3  # MoViNets take clips (C, T, H, W)
+    # MoViNets take clips (C, T, H, W), registration networks volumes (C, X, Y, Z), two of them
+    want = 4 if hasattr(module, "stream") or kind == "registration" else 3
     if len(shape) != want:
         raise LeancnnError(f"{where}: input {list(shape)} must have {want} dimensions (batch excluded) for "
                            f"{name}")
+    if kind == "registration":
+        try:  # the network's own checks (channels; the grid an affine head is built for) in one line, now
+            with torch.no_grad():
+                module(torch.zeros(1, *shape), torch.zeros(1, *shape))
+        except LeancnnError as e:
+            raise LeancnnError(f"{where}: input {list(shape)}: {e}") from None
     try:
-        macs = count_macs(module, shape)
+        macs = count_macs(module, shape, num_inputs=2 if kind == "registration" else 1)
     except Exception:  # noqa: BLE001 - a count that fails must not stop a measurement
         macs = None
     label = m.label or (name if m.name is not None else f"{name}:{Path(m.checkpoint).name}")

@@ -1,6 +1,7 @@
 """``leancnn prune``: structural pruning of a trained classifier with a single or blended criterion (issue 12).
 
-The pipeline (docs/pruning.md), on a training run or checkpoint of the digit classifiers:
+The pipeline (docs/pruning.md; schema: :class:`PruneConfig`, below), on a training run or checkpoint of the digit
+classifiers:
 
 1. the run's model and data (its config); the input checkpoint is only read;
 2. the **score table**: every requested criterion scores every prunable group of the unpruned model once
@@ -25,8 +26,9 @@ the end: a failed or interrupted prune leaves no partial output (fine-tuning, a 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,9 +36,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from .. import report
-from ..config import ExperimentConfig, PruneConfig, derive, dump_config, from_dict, to_dict
+from ..config import SEED_MAX, ExperimentConfig, derive, dump_config, from_dict, rule, to_dict
 from ..data.digits import SIZE
-from ..errors import LeancnnError
+from ..errors import ConfigError, LeancnnError
 from ..io import atomic_write_json
 from ..nn.counting import count_macs, count_params
 from ..outputs import check_output, check_output_dir, record_outputs, staged_dir
@@ -48,6 +50,57 @@ from .protocol import get_task
 INPUT = (3, SIZE, SIZE)
 PRUNE_FILES = ("scores.npz", "criteria_correlation.png", "pruned.pt", "config.yaml", "summary.json")
 ANALYSE_FILES = ("criteria_correlation.png", "clustering.json")
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+@dataclass
+class PruneSearchConfig:
+    """The evolutionary search of the blended criterion (docs/pruning.md)."""
+
+    method: Literal["none", "ea"] = "none"  # none: the criteria blended with equal weights (one criterion: itself)
+    population: int = rule(12, ge=2)
+    generations: int = rule(8, ge=1)
+    mutation_sigma: float = rule(0.2, gt=0.0)
+    crossover: Literal["blend", "uniform"] = "blend"
+    crossover_rate: float = rule(0.9, ge=0.0, le=1.0)
+    elitism: int = rule(2, ge=0)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)
+    workers: int = rule(1, ge=1)  # fitness evaluations in parallel processes (fork)
+    buckets: int = rule(1, ge=1)  # 1: one weight vector for the network; n: one per depth bucket
+    val_images: int = rule(1000, ge=10)  # validation images per fitness evaluation (the validation split)
+    bn_batches: int = rule(10, ge=1)  # training batches that recalibrate BatchNorm before each evaluation
+
+    def _check(self) -> None:
+        if self.elitism >= self.population:
+            raise ConfigError(f"config key 'search.elitism' ({self.elitism}) must be smaller than "
+                              f"'search.population' ({self.population})")
+
+
+@dataclass
+class PruneConfig:
+    """``leancnn prune``: structural pruning of a trained classifier to a MAC target with a single or blended
+    criterion, optionally searched, then fine-tuned (docs/pruning.md)."""
+
+    name: str = rule("prune", name=True)
+    target_macs: float = rule(0.5, gt=0.0, lt=1.0)  # fraction of the MACs kept
+    criteria: list[str] = rule(factory=lambda: ["l1"], min_len=1, unique=True)  # one: that criterion; more: blended
+    normalise: Literal["rank", "scale", "zscore"] = "rank"  # how each criterion's scores are put on one scale
+    correlation: Literal["spearman", "kendall"] = "spearman"
+    cluster_threshold: float = rule(0.9, gt=0.0, le=1.0)  # criteria with rank correlation >= this share a cluster
+    linkage: Literal["single", "complete", "average", "weighted"] = "average"
+    candidates_per_cluster: int = rule(1, ge=1)  # blending candidates taken from each cluster
+    global_pruning: bool = False  # one threshold over all groups instead of the same ratio in each
+    round_to: int = rule(0, ge=0)  # keep channel counts multiples of this (0: no rounding)
+    calib_batches: int = rule(4, ge=1)  # batches the data-driven criteria see
+    search: PruneSearchConfig = field(default_factory=PruneSearchConfig)
+    finetune_epochs: int = rule(0, ge=0)  # 0: no fine-tuning
+    finetune_lr: float = rule(0.01, gt=0.0)
+    finetune_limit_train: int = rule(0, ge=0)  # training images for fine-tuning (0: the source run's setting)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)
+    # keys of earlier versions read under their new names (one spelling, "normalise", throughout the code)
+    RENAMED: ClassVar[dict[str, str]] = {"normalize": "normalise"}
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -165,8 +218,8 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
     """Prune the classifier of ``source`` as ``pcfg`` says into run directory ``out`` (see module docstring);
     returns the summary (also ``out/summary.json``). ``config_file``: the prune config's file, an input too."""
     from ..prune import check_round_to, compute_scores, get_criterion, prunable_groups, ratio_for_target
-    from ..prune.search import BlendSpace, evolve
     from ..prune.cluster import cluster_criteria, plot_correlations
+    from ..prune.search import BlendSpace, evolve
 
     t0 = time.perf_counter()
     out = check_prune_output(out, source, config_file)
@@ -207,7 +260,7 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
                 ratio, achieved = ratio_for_target(model, example, pcfg.target_macs, size,
                                                    round_to=pcfg.round_to or None)
             log(f"uniform channel ratio {ratio:.4f} keeps {achieved:.4f} of the MACs (target {pcfg.target_macs})")
-        space = BlendSpace(candidates, buckets=pcfg.search.buckets, normalize=pcfg.normalize)
+        space = BlendSpace(candidates, buckets=pcfg.search.buckets, normalise=pcfg.normalise)
         fitness = PruneFitness(model, example, table, space, ratio, bn_batches, val_batches,
                                round_to=pcfg.round_to or None,
                                global_target=pcfg.target_macs if pcfg.global_pruning else None)

@@ -24,16 +24,16 @@ the gland (Dice), the others landmarks (TRE), as in the MR-US data. An empty lab
 or the fixed volume) is skipped with a warning and never enters a summary; a registered label that comes out empty
 has no centroid: its TRE is missing (counted in the summary), never 0 or NaN.
 
-**Training** goes through the one engine (:class:`leancnn.train.Trainer`) with :class:`RegisterTask`: one step =
-one batch of image pairs, each with one label pair drawn for this epoch (:class:`RegistrationDataset`), resized to
-the network grid, optionally affine-augmented. The validation pairs (``data.val_pairs`` of the training pairs,
-seeded) are registered each epoch: ``val_dice`` (mean gland Dice) picks ``best.pt``; ``val_tre`` (median landmark
-TRE, mm) is printed and logged. With ``data.fold >= 0`` fold ``fold`` of a k-fold split by pair is the test set,
-never seen in training, and is evaluated at the end (``test_per_label.csv`` and ``summary.json``). The split's
-ids are recorded in every checkpoint (``meta.splits``, with a content digest of the validation and test files) and
-in ``summary.json``; ``evaluate --split val|test`` scores exactly those pairs (:func:`run_split`). Every pair that
-training reads is read and checked before anything is written, and a pair whose labels are all empty is refused
-(:func:`check_labelled`).
+**Training** (schema: :class:`RegisterConfig`, below) goes through the shared lifecycle and the one engine with
+:class:`RegisterTask`: one step = one batch of image pairs, each with one label pair drawn for this epoch
+(:class:`RegistrationDataset`), resized to the network grid, optionally affine-augmented. The validation pairs
+(``data.val_pairs`` of the training pairs, seeded) are registered each epoch: ``val_dice`` (mean gland Dice) picks
+``best.pt``; ``val_tre`` (median landmark TRE, mm) is printed and logged. With ``data.fold >= 0`` fold ``fold`` of
+a k-fold split by pair is the test set, never seen in training, and is evaluated at the end (``test_per_label.csv``
+and ``summary.json``). The split's ids are recorded in every checkpoint (``meta.splits``, with a content digest of
+the validation and test files) and in ``summary.json``; ``evaluate --split val|test`` scores exactly those pairs
+(:func:`run_split`). Every pair that training reads is read and checked before anything is written, and a pair
+whose labels are all empty is refused (:func:`check_labelled`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import csv
 import hashlib
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +53,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import report, threads
-from ..config import RegisterConfig, apply_overrides, from_dict, load_config
+from ..config import (
+    SEED_MAX,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    apply_overrides,
+    check_warmup,
+    from_dict,
+    load_config,
+    rule,
+)
 from ..data.registration import (
     PairedNifti,
     RegistrationDataset,
@@ -63,7 +74,7 @@ from ..data.registration import (
     pair_initial_map,
     to_fixed_grid,
 )
-from ..errors import LeancnnError
+from ..errors import ConfigError, LeancnnError
 from ..interrupts import loader_worker_init
 from ..io import atomic_write_json, atomic_write_text
 from ..losses.registration import RegistrationLoss, batch_binary_dice, binary_dice, centroid_distance_mm
@@ -85,6 +96,94 @@ from .runs import (
 GLAND = 0  # label index of the gland (Dice); the others are landmarks (TRE)
 CSV_FIELDS = ("pair", "label", "structure", "dice_before", "dice_after", "tre_before_mm", "tre_after_mm",
               "fixed_voxels")
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class RegisterDataConfig:
+    """A paired NIfTI folder (docs/registration.md) and how it is split, sampled and resized for the network."""
+
+    root: str = ""  # the paired folder (moving_images/, fixed_images/, moving_labels/, fixed_labels/)
+    normalise: Literal["minmax", "zscore", "none"] = "minmax"  # per image
+    nan_policy: Literal["error", "zero"] = "error"  # non-finite voxels: refuse the pair, or set them to 0
+    # how the moving volume sits on the fixed grid before registration: centre = centres aligned, mm kept (header
+    # spacings); corners = label-reg's corner-to-corner resize (stretches the moving volume to the fixed extent)
+    initial: Literal["centre", "corners"] = "centre"
+    folds: int = rule(4, ge=2)  # k of the k-fold split by pair (with fold >= 0)
+    fold: int = rule(-1, ge=-1)  # -1: every pair trains (minus val_pairs); i >= 0: fold i is held out as the test set
+    val_pairs: int = rule(4, ge=0)  # training pairs held out for the per-epoch validation Dice (seeded); 0 = none
+    split_seed: int = rule(0, ge=0, lt=SEED_MAX)
+    scale: float = rule(0.5, gt=0.0, le=1.0)  # the network's grid = round(scale * fixed shape); the DDF is upsampled
+    augment_scale: float = rule(0.1, ge=0.0, lt=1.0)  # random affine augmentation (label-reg: 0.1); 0 = off
+    batch_size: int = rule(4, ge=1)
+    num_workers: int = rule(0, ge=0, runtime=True)
+    # keys of earlier versions, accepted and dropped when read (older checkpoints and configs hold them)
+    RETIRED: ClassVar[tuple[str, ...]] = ("eval_batch_size",)  # evaluation registers one pair at a time
+
+
+@dataclass
+class RegisterModelConfig:
+    kind: Literal["local", "global", "composite"] = "local"
+    channels: list[int] = rule(factory=lambda: [8, 16, 32, 64], min_len=1, ge=1)  # label-reg: 32, 64, 128, 256
+    global_channels: list[int] = rule(factory=lambda: [4, 8, 16, 32], min_len=1, ge=1)  # composite's affine part
+    ddf_levels: list[int] = rule(factory=list, ge=0, unique=True)  # local: [] = every level (label-reg)
+    bn_mode: Literal["batch", "running"] = "batch"  # batch: batch statistics at inference too (label-reg)
+
+
+@dataclass
+class RegisterLossConfig:
+    label: Literal["dice", "cross_entropy"] = "dice"  # multi-scale soft Dice (label-reg) or label cross-entropy
+    sigmas: list[float] = rule(factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0], min_len=1, ge=0.0)  # voxels of the net grid
+    regulariser: Literal["bending", "gradient_l2", "gradient_l1"] = "bending"
+    weight: float = rule(0.5, ge=0.0)  # label-reg: 0.5 (bending)
+
+
+@dataclass
+class RegisterOptimConfig(OptimConfig):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = rule(3e-4, gt=0.0)  # label-reg: Adam 1e-5 for 10k steps at full width; small nets train faster
+    weight_decay: float = rule(0.0, ge=0.0)
+    # lr multiplier of the affine head (global, composite): its zero-initialised linear layer flattens thousands of
+    # features, so a plain Adam step moves all 12 affine numbers by lr x that many at once (diverges at 1e-3)
+    affine_lr_scale: float = rule(0.01, gt=0.0, le=1.0)
+
+
+@dataclass
+class RegisterScheduleConfig(ScheduleConfig):
+    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = rule(1.0, ge=0.0)
+
+
+@dataclass
+class RegisterTrainConfig(TrainConfig):
+    # one epoch = one pass over the training pairs (one label drawn per pair)
+    epochs: int = rule(100, ge=1, resumable=True)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = rule("contiguous", runtime=True)  # 3-D nets
+
+
+@dataclass
+class RegisterConfig:
+    """``leancnn register train``: label-driven weakly-supervised registration (docs/registration.md)."""
+
+    name: str = rule("register", name=True, runtime=True)
+    output_dir: str = rule("runs", nonempty=True, runtime=True)
+    model: RegisterModelConfig = field(default_factory=RegisterModelConfig)
+    data: RegisterDataConfig = field(default_factory=RegisterDataConfig)
+    loss: RegisterLossConfig = field(default_factory=RegisterLossConfig)
+    optim: RegisterOptimConfig = field(default_factory=RegisterOptimConfig)
+    schedule: RegisterScheduleConfig = field(default_factory=RegisterScheduleConfig)
+    train: RegisterTrainConfig = field(default_factory=RegisterTrainConfig)
+
+    def _check(self) -> None:
+        check_warmup(self.schedule, self.train)
+        if self.data.fold >= self.data.folds:
+            raise ConfigError(f"config key 'data.fold' ({self.data.fold}) must be below 'data.folds' "
+                              f"({self.data.folds}), or -1 for no test fold")
+        if self.model.ddf_levels and max(self.model.ddf_levels) > len(self.model.channels):
+            raise ConfigError(f"config key 'model.ddf_levels' {self.model.ddf_levels} goes below the bottom level "
+                              f"{len(self.model.channels)} of model.channels {self.model.channels}")
 
 
 # ----------------------------------------------------------------------------------------------- splits, data

@@ -1,21 +1,23 @@
 """Video classification with MoViNets: train on the moving-digits actions with the one training engine, evaluate
 (also on time-reversed clips), temporal ensembles, stream a video frame by frame, export the stream step.
 
-Training goes through :class:`leancnn.train.Trainer` like every task. Whole-clip training (``train.sub_clip:
-0``) is one causal forward pass per clip. Sub-clip training (``train.sub_clip: n``) feeds a clip ``n`` frames at
-a time through ``model(frames, state=state)``, backpropagates each sub-clip's loss (the running logits after it,
-divided by the number of sub-clips) and carries the state *detached* to the next sub-clip: truncated
-backpropagation with memory of one sub-clip, as the PyTorch port trains (the TF recipes train whole clips).
-One optimiser step per batch either way. Checkpoints, exact resume, DDP and run fingerprints are the engine's
-and ``tasks/runs.py``'s, shared with image classification.
+The run's schema is :class:`VideoConfig` (below). Training goes through the shared lifecycle
+(:func:`leancnn.tasks.lifecycle.train_task`) and the one engine like every task. Whole-clip training
+(``train.sub_clip: 0``) is one causal forward pass per clip. Sub-clip training (``train.sub_clip: n``) feeds a clip
+``n`` frames at a time through ``model(frames, state=state)``, backpropagates each sub-clip's loss (the running
+logits after it, divided by the number of sub-clips) and carries the state *detached* to the next sub-clip:
+truncated backpropagation with memory of one sub-clip, as the PyTorch port trains (the TF recipes train whole
+clips). One optimiser step per batch either way. Checkpoints, exact resume, DDP and run fingerprints are the
+engine's and ``tasks/runs.py``'s, shared with image classification.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -24,9 +26,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .. import report, threads
-from ..config import VideoConfig, VideoDataConfig, apply_overrides, from_dict, load_config, to_dict
+from ..config import (
+    SEED_MAX,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    apply_overrides,
+    check_warmup,
+    from_dict,
+    load_config,
+    rule,
+    to_dict,
+)
 from ..data import video as vdata
-from ..errors import LeancnnError
+from ..errors import ConfigError, LeancnnError
 from ..models import create_model, get_model_entry
 from ..models.movinet import MoViNet, detach_state
 from ..nn import count_macs
@@ -48,6 +61,87 @@ from .runs import (
     world_size_from_env,
 )
 from .runs import fingerprint as config_fingerprint
+
+# ----------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class VideoDataConfig:
+    """The moving-digits action videos (``data/video.py``); ``frame_step``/``frame_offset`` subsample time (a
+    half-frame-rate ensemble member: step 2, offset 0 or 1)."""
+
+    name: Literal["moving_digits"] = "moving_digits"
+    frames: int = rule(16, ge=4, le=512)  # the ranges of data/video.py's MovingDigitsSpec (a test keeps them equal)
+    height: int = rule(32, ge=16, le=512)
+    width: int = rule(32, ge=16, le=512)
+    train: int = rule(2000, ge=10, le=1_000_000)  # videos per split (balanced over the 10 actions)
+    val: int = rule(400, ge=10, le=1_000_000)
+    test: int = rule(600, ge=10, le=1_000_000)
+    seed: int = rule(0, ge=0, lt=SEED_MAX)  # the dataset's seed (which digits, which motions)
+    augment: bool = True  # flips (with the labels they swap), shifts, brightness/contrast; the same for every frame
+    frame_step: int = rule(1, ge=1)  # keep every n-th frame
+    frame_offset: int = rule(0, ge=0)  # starting at this frame
+    batch_size: int = rule(16, ge=1)  # global batch: divided between DDP ranks
+    eval_batch_size: int = rule(64, ge=1, runtime=True)
+    num_workers: int = rule(0, ge=0, runtime=True)
+
+    def _check(self) -> None:
+        if self.frame_offset >= self.frame_step:
+            raise ConfigError(f"config key 'data.frame_offset' ({self.frame_offset}) must be smaller than "
+                              f"'data.frame_step' ({self.frame_step})")
+
+
+@dataclass
+class VideoModelConfig:
+    name: str = rule("movinet_a0_stream", nonempty=True)
+    num_classes: int = rule(10, ge=1)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model builder
+    # BatchNorm momentum (PyTorch's convention: the weight of the new batch); 0 keeps the model's own. MoViNet's is
+    # TF's 0.99 decay = 0.01, right for 85k steps; in a few hundred steps the running statistics stay near their
+    # initial values and evaluation collapses, so short runs set 0.1.
+    bn_momentum: float = rule(0.0, ge=0.0, le=1.0)
+
+
+@dataclass
+class VideoOptimConfig(OptimConfig):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = rule(3e-3, gt=0.0)
+    weight_decay: float = rule(0.05, ge=0.0)
+
+
+@dataclass
+class VideoScheduleConfig(ScheduleConfig):
+    warmup_epochs: float = rule(1.0, ge=0.0)
+
+
+@dataclass
+class VideoTrainConfig(TrainConfig):
+    epochs: int = rule(8, ge=1, resumable=True)
+    # frames per sub-clip: 0 trains on the whole clip in one causal pass; n > 0 feeds the clip n frames at a time,
+    # carrying the stream state detached between sub-clips (memory of one sub-clip; stream models only)
+    sub_clip: int = rule(0, ge=0)
+    label_smoothing: float = rule(0.0, ge=0.0, lt=1.0)
+
+
+@dataclass
+class VideoConfig:
+    """``leancnn video train``: a video classifier on the moving-digits actions (docs/movinet.md)."""
+
+    name: str = rule("video", name=True, runtime=True)
+    output_dir: str = rule("runs", nonempty=True, runtime=True)
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
+    optim: VideoOptimConfig = field(default_factory=VideoOptimConfig)
+    schedule: VideoScheduleConfig = field(default_factory=VideoScheduleConfig)
+    train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
+
+    def _check(self) -> None:
+        check_warmup(self.schedule, self.train)
+        used = -(-(self.data.frames - self.data.frame_offset) // self.data.frame_step)
+        if self.train.sub_clip > used:
+            raise ConfigError(f"config key 'train.sub_clip' ({self.train.sub_clip}) exceeds the {used} frames a "
+                              "clip has after data.frame_step/frame_offset")
+
 
 # ----------------------------------------------------------------------------------------- data
 
