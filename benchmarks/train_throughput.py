@@ -10,8 +10,9 @@ is taken between numbers of the same run):
   its full kernel);
 * contiguous / channels-last: the step now, in each layout (small feature maps convolve with only the kernel
   taps that touch the input: ``leancnn.nn.TapCroppedConv2d``);
-* engine: one epoch of ``leancnn.train.Trainer`` in channels-last over the same number of batches of real digit
-  images (data loading, layout conversion of each batch, metrics), against the channels-last step loop;
+* engine: the second epoch of a ``leancnn train`` run (``tasks.lifecycle.train_task``: the engine in channels-last,
+  ``train.memory_format=auto``) over the same number of batches of real digit images (data loading, layout
+  conversion of each batch, metrics), against the channels-last step loop;
 * MAC/s: 3 × forward MACs per image (forward, input and weight gradients) × images/s, beside the fp32
   multiply-accumulates per second of a 1024×1024 matrix product measured in the same repeat.
 One step = forward + cross-entropy + backward + SGD (momentum) step, batch 128 of 3×32×32 digit images.
@@ -23,19 +24,20 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _common import gemm_macs_per_s, write_section
-from torch.utils.data import Subset
 
 from leancnn import count_macs, create_model, report
-from leancnn.config import OptimConfig, ScheduleConfig
+from leancnn.config import ExperimentConfig, OptimConfig, derive
 from leancnn.data import DOMAINS, DigitsDataset
 from leancnn.nn import TapCroppedConv2d
 from leancnn.nn.layout import convert_model
-from leancnn.tasks.classification import ClassifyTask, train_loader
-from leancnn.train import DistContext, Trainer, build_optimizer, build_scheduler
+from leancnn.tasks.classify import SPEC as CLASSIFY
+from leancnn.tasks.lifecycle import train_task
+from leancnn.train import build_optimizer
 
 CL = torch.channels_last
 MODELS = ["resnet20", "resnet56", "digits_cnn", "mobilenetv3_small", "skipnet_s"]
@@ -67,18 +69,15 @@ def variant_rate(name: str, variant: str, batches) -> float:
         TapCroppedConv2d.crop = True
 
 
-def engine_rate(name: str, ds, batch: int, steps: int) -> float:
-    torch.manual_seed(0)
-    model = create_model(name)
-    loader = train_loader(Subset(ds, range(batch * (steps + 2))), batch, seed=0, ctx=DistContext())
-    opt = build_optimizer(model, OptimConfig())
-    sched = build_scheduler(opt, ScheduleConfig(name="constant"), 1, len(loader))
+def engine_rate(name: str, batch: int, steps: int, threads: int) -> float:
+    """Images per second of the second epoch of a ``leancnn train`` run (the lifecycle, the engine, the data loader
+    over real images; the first epoch warms up) of ``steps`` batches."""
+    cfg = derive(ExperimentConfig(), {"model.name": name, "data.domains": list(DOMAINS), "data.batch_size": batch,
+                                      "data.limit_train": batch * steps, "data.limit_eval": 128,
+                                      "schedule.name": "constant", "train.epochs": 2, "train.threads": threads})
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, task=ClassifyTask(torch.nn.CrossEntropyLoss()), optimizer=opt, scheduler=sched,
-                          train_loader=loader, epochs=1, out_dir=tmp, device=torch.device("cpu"), memory_format=CL)
-        x, y, _ = next(iter(loader))  # warm-up outside the timed epoch, as the step loop's
-        step_rate(model, [(x.contiguous(memory_format=CL), y)] * 2, opt, warmup=1)
-        return trainer.train_one_epoch()["train_images_per_s"]
+        summary = train_task(CLASSIFY, cfg, out=Path(tmp) / "run", quiet=True)
+    return summary["history"][1]["train_images_per_s"]
 
 
 def main() -> None:
@@ -109,7 +108,7 @@ def main() -> None:
                 order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
                 for v in order:
                     rates.setdefault((t, name, v), []).append(variant_rate(name, v, batches))
-                rates.setdefault((t, name, "engine"), []).append(engine_rate(name, ds, args.batch, args.steps))
+                rates.setdefault((t, name, "engine"), []).append(engine_rate(name, args.batch, args.steps, t))
                 cells = ", ".join(f"{v} {rates[(t, name, v)][-1]:.0f}" for v in (*VARIANTS, "engine"))
                 print(f"repeat {r + 1}/{args.repeats}, {t} thread(s), {name}: {cells} img/s", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -142,9 +141,9 @@ def main() -> None:
             f"{args.steps} timed steps, every variant of a model measured in the same repeat (order alternating). "
             "*before*: the code before channels-last (contiguous layout, full kernels); *contiguous* and "
             "*channels-last*: the step now (kernel taps that only read padding skipped on small maps, "
-            "`TapCroppedConv2d`); ratios are medians of the per-repeat ratios (range in brackets). *engine*: one "
-            "epoch of `leancnn.train.Trainer` in channels-last (`train.memory_format=auto` on the CPU) on real "
-            "images through the data loader, against the channels-last step loop on batches already in memory. "
+            "`TapCroppedConv2d`); ratios are medians of the per-repeat ratios (range in brackets). *engine*: the "
+            "second epoch of a `leancnn train` run (the lifecycle and engine, channels-last by "
+            "`train.memory_format=auto` on the CPU) on real images through the data loader, against the channels-last step loop on batches already in memory. "
             "Every step (both loops) takes a new batch of real images: on one fixed batch, ResNet-56 fits it "
             "within a few steps and its activations turn denormal, slowing steps up to 40-fold. Absolute "
             "images/s are for this machine only.\n\n"
