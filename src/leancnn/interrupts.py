@@ -2,7 +2,7 @@
 
 * The command's process turns SIGTERM into :class:`~leancnn.errors.Terminated`, a ``KeyboardInterrupt``
   (:func:`sigterm_raises`, installed by ``leancnn.cli.main``), so both signals unwind through the same cleanup:
-  ``finally`` blocks, staged ``<out>.partial`` folders (:func:`leancnn.io.staged_dir`), load processes
+  ``finally`` blocks, staged ``<out>.partial`` folders (:func:`leancnn.outputs.staged_dir`), load processes
   (``latency/cleanup.py`` chains its handlers to this one), worker pools. The CLI prints ``interrupted`` and exits
   with 130 (SIGINT) or 143 (SIGTERM).
 * Worker processes leave the decision to their parent. Ctrl-C in a terminal reaches the whole process group;

@@ -106,10 +106,3 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
         for d in reversed(created):
             d.rmdir()
     return path
-
-
-def staged_dir(out: str | os.PathLike, force: bool = False, known=()):
-    """:func:`leancnn.outputs.staged_dir` (the output rules live there); kept here for existing imports."""
-    from .outputs import staged_dir as staged
-
-    return staged(out, force, known)
