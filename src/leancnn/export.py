@@ -173,6 +173,22 @@ def is_registration(model: nn.Module) -> bool:
     return isinstance(model, (LocalNet, GlobalNet, CompositeNet))
 
 
+def registration_refusal(model: nn.Module, shape: Sequence[int]) -> str | None:
+    """Why registration network ``model`` cannot take two inputs of ``shape`` (batch included), in the network's
+    own words (channels; the grid an affine head is built for), or ``None`` when it takes them: one forward pass on
+    zeros, so a caller refuses a wrong shape in one line before exporting or timing anything."""
+    from .errors import LeancnnError
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(tuple(shape), device=p.device if p is not None else "cpu")
+    try:
+        with torch.no_grad():
+            model(x, x)
+    except LeancnnError as e:
+        return str(e)
+    return None
+
+
 class _DdfGraph(nn.Module):
     """``forward(moving, fixed) -> ddf``: a registration network's displacement field alone (the ``"ddf"`` entry
     of the dict it returns), the one output its graph has."""
@@ -190,8 +206,6 @@ def export_model(model: nn.Module, path: str | os.PathLike, input_shape: Sequenc
     """Write ``model`` for inputs of ``input_shape`` (batch included) to ``path``; returns the path. A classifier
     (e.g. ``(1, 3, 32, 32)``): input ``input``, output ``logits``. A registration network (:func:`is_registration`;
     ``(B, C, X, Y, Z)``, the shape of each of its two inputs): inputs ``moving``, ``fixed``, output ``ddf``."""
-    from .errors import LeancnnError
-
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
@@ -209,11 +223,9 @@ def export_model(model: nn.Module, path: str | os.PathLike, input_shape: Sequenc
     if registration:
         net, args, kind = _DdfGraph(net).eval(), (x, x.clone()), REGISTRATION_KIND
         names, outputs = [MOVING, FIXED], [DDF]
-        try:  # the network's own checks (channels, the grid an affine head is built for) in one clear line
-            with torch.no_grad():
-                net(*args)
-        except LeancnnError as e:
-            raise ValueError(f"input_shape {shape}: {e}") from None
+        refusal = registration_refusal(net.model, shape)
+        if refusal:
+            raise ValueError(f"input_shape {shape}: {refusal}")
     metadata = {KIND_KEY: kind, "leancnn.model": getattr(model, "model_name", type(model).__name__),
                 "leancnn.input_shape": "x".join(map(str, shape))}
     return _export(net, args, Path(path), names, outputs, opset, exporter, metadata)
@@ -289,4 +301,4 @@ class OnnxStream:
 
 
 __all__ = ["DDF", "FIXED", "FRAMES", "LOGITS", "MOVING", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX",
-           "export_model", "export_stream_step", "is_registration"]
+           "export_model", "export_stream_step", "is_registration", "registration_refusal"]

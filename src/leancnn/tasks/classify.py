@@ -110,7 +110,7 @@ class ClassifySpec(TaskSpec):
     def model_from_state(self, cfg, state):
         return build_model(cfg)
 
-    def input_shape(self, cfg):
+    def input_shape(self, cfg, state):
         return tuple(get_model_entry(cfg.model.name).input_size)
 
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..config import dump_config, from_dict, to_dict
 from ..errors import LeancnnError
-from ..export import is_registration
+from ..export import is_registration, registration_refusal
 from ..io import atomic_path, ensure_writable_dir
 from ..latency.config import LatencyConfig, LatencyModelConfig
 from ..latency.measure import (
@@ -119,16 +119,15 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
         except LeancnnError as e:
             raise LeancnnError(str(e)) from None
         spec = get_task(task_of(state))
-        if spec.name not in ("classify", "video", "register"):
+        default = spec.input_shape(spec.config_from_state(state), state)
+        if default is None:  # the task says what one sample of its network is, or that it has none
             kind = spec.kind_of(state)
-            raise LeancnnError(f"{where}: '{path}' is a {kind} run, but `leancnn latency run` measures "
-                               f"classifier, video and registration runs; a {kind} run is for {spec.commands}")
+            raise LeancnnError(f"{where}: '{path}' is a {kind} run, whose task gives no input shape to time "
+                               f"(`leancnn latency run` measures classifier, video and registration runs); a {kind} "
+                               f"run is for {spec.commands}")
         run = load_run(state)
-        module = run.model
-        if spec.name == "register":  # the network sees one grid: the one it was trained on (in the checkpoint)
-            default, name = (1, *((state.get("meta") or {}).get("grid") or ())), f"reg_{run.cfg.model.kind}"
-        else:
-            default, name = tuple(run.task.input_shape(run.cfg)), run.cfg.model.name
+        module, default = run.model, tuple(default)
+        name = getattr(module, "model_name", None) or spec.name
         source = "checkpoint"
     module.eval()
     if is_registration(module):
@@ -147,11 +146,9 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
         raise LeancnnError(f"{where}: input {list(shape)} must have {want} dimensions (batch excluded) for "
                            f"{name}")
     if kind == "registration":
-        try:  # the network's own checks (channels; the grid an affine head is built for) in one line, now
-            with torch.no_grad():
-                module(torch.zeros(1, *shape), torch.zeros(1, *shape))
-        except LeancnnError as e:
-            raise LeancnnError(f"{where}: input {list(shape)}: {e}") from None
+        refusal = registration_refusal(module, (1, *shape))
+        if refusal:
+            raise LeancnnError(f"{where}: input {list(shape)}: {refusal}")
     try:
         macs = count_macs(module, shape, num_inputs=2 if kind == "registration" else 1)
     except Exception:  # noqa: BLE001 - a count that fails must not stop a measurement

@@ -100,8 +100,9 @@ class TaskSpec:
         """The run's network, unweighted (its checkpoint's ``meta`` may be needed, e.g. a grid)."""
         raise NotImplementedError
 
-    def input_shape(self, cfg) -> tuple[int, ...] | None:
-        """One sample's input shape for the run's network (what export and latency feed it), when it has one."""
+    def input_shape(self, cfg, state: dict) -> tuple[int, ...] | None:
+        """One sample's input shape for the run's network (what export and latency feed it), when it has one
+        (``state``: the checkpoint, whose ``meta`` may record it, e.g. a grid); ``None``: the run cannot be timed."""
         return None
 
 

@@ -335,6 +335,7 @@ def build_model(cfg: RegisterConfig, image_size: Sequence[int]) -> nn.Module:
     # the affine head flattens a feature map of one size: such a network always sees its training grid; a local
     # network registers any fixed shape on the grid data.scale gives it
     model.image_size = tuple(image_size) if m.kind != "local" else None
+    model.model_name = f"reg_{m.kind}"  # the registry's name of this network
     return model
 
 
@@ -593,6 +594,10 @@ class RegisterSpec(TaskSpec):
             raise LeancnnError(f"checkpoint '{state['path']}' does not record its network grid (meta.grid); it was "
                                "not written by leancnn register train")
         return build_model(cfg, grid)
+
+    def input_shape(self, cfg, state):
+        grid = (state.get("meta") or {}).get("grid")  # the network sees the grid it was trained on
+        return (1, *grid) if grid else None
 
 
 SPEC = register_task(RegisterSpec())

@@ -367,7 +367,7 @@ class VideoSpec(TaskSpec):
     def model_from_state(self, cfg, state):
         return create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
 
-    def input_shape(self, cfg):
+    def input_shape(self, cfg, state):
         return (3, cfg.data.frames, cfg.data.height, cfg.data.width)
 
 
