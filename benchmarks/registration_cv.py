@@ -53,10 +53,41 @@ WIDTHS = {
 }  # and with --long-epochs N: the local network trained N epochs on --long-folds folds
 
 
-def config(name: str, overrides: list[str], fold: int, args) -> RegisterConfig:
-    return load_config(None, [f"data.root={args.data}", f"data.folds={args.folds}", f"data.fold={fold}",
-                              "data.val_pairs=0", f"train.epochs={args.epochs}", "train.threads=1",
-                              f"name=reg-{slug(name)}-f{fold}", *overrides], cls=RegisterConfig)
+# What limits accuracy (issue 21): each variant against "default" on the same folds (--study-folds), trained
+# --study-epochs epochs, then scored on its test folds with the same code; the test-time variants (flips,
+# refinement) reuse the "all labels" networks.
+STUDY = {
+    "default": [],
+    "all labels": ["data.labels=all"],
+    "all, lr 1e-3": ["data.labels=all", "optim.lr=0.001"],
+    "all, no augmentation": ["data.labels=all", "data.augment_scale=0"],
+    "all, augmentation 0.2": ["data.labels=all", "data.augment_scale=0.2"],
+    "all, cross-entropy": ["data.labels=all", "loss.label=cross_entropy"],
+    "all, gland weight 4": ["data.labels=all", "loss.gland_weight=4"],
+    "all, composite (sum)": ["data.labels=all", "model.kind=composite"],
+    "all, composite (warp)": ["data.labels=all", "model.kind=composite", "model.compose=warp"],
+    "all, grid 0.75": ["data.labels=all", "data.scale=0.75"],
+    "all, 200 epochs": ["data.labels=all", "train.epochs=200"],
+}
+
+
+# The reference every variant changes one thing of: the defaults before issue 21 (label-reg's one label per pair
+# per step, a local network at data.scale 0.5, AdamW 3e-4 cosine, multi-scale Dice + 0.5 bending), spelled out so
+# that the shipped defaults can move on without changing what these runs are.
+BASE = ["data.labels=one", "loss.gland_weight=1", "data.scale=0.5", "data.augment_scale=0.1", "model.kind=local",
+        "model.channels=[8,16,32,64]", "loss.label=dice", "loss.sigmas=[0,1,2,4,8,16]", "loss.regulariser=bending",
+        "loss.weight=0.5", "optim.lr=0.0003", "schedule.name=cosine", "schedule.warmup_epochs=1",
+        "infer.tta=none", "infer.refine_steps=0"]
+SHIPPED = ROOT / "configs" / "register_mrus.yaml"
+RECIPE = "shipped recipe"  # configs/register_mrus.yaml as it is, on --recipe-folds folds
+
+
+def config(name: str, overrides: list[str], fold: int, args, prefix: str = "reg") -> RegisterConfig:
+    common = [f"data.root={args.data}", f"data.folds={args.folds}", f"data.fold={fold}", "data.val_pairs=0",
+              "train.threads=1", f"name={prefix}-{slug(name)}-f{fold}"]
+    if name == RECIPE:
+        return load_config(SHIPPED, [*common, *overrides], cls=RegisterConfig)
+    return load_config(None, [*BASE, f"train.epochs={args.epochs}", *common, *overrides], cls=RegisterConfig)
 
 
 def slug(name: str) -> str:
@@ -70,9 +101,9 @@ def run_one(job: tuple) -> dict:
     from leancnn.tasks.register import data_identity, split_ids, train_register
     from leancnn.tasks.runs import fingerprint, train_cached_with
 
-    name, overrides, fold, args = job
+    name, overrides, fold, args, *rest = job
     torch.set_num_threads(1)
-    cfg = config(name, overrides, fold, args)
+    cfg = config(name, overrides, fold, args, *rest)
     splits = split_ids(cfg)
     fp = fingerprint(cfg, data_identity(cfg.data.root, splits["train"]))
     run_dir = bench_dir("registration_cv") / cfg.name
@@ -127,6 +158,31 @@ def paired(rows: list[dict], structure: str, before: str, after: str, better: in
     return f"{100 * np.mean(d > 0):.0f}% (p = {wilcoxon(d).pvalue:.1g})"
 
 
+def study_jobs(args) -> list[tuple]:
+    names = args.variants or list(STUDY)
+    unknown = [n for n in names if n not in STUDY]
+    if unknown:
+        raise SystemExit(f"unknown --variants {unknown}; choose from: {', '.join(STUDY)}")
+    if "default" not in names:
+        names = ["default", *names]
+    jobs = [(n, [f"train.epochs={args.study_epochs}", *STUDY[n]], f, args, "study")
+            for n in names for f in range(args.study_folds)]
+    jobs += [(RECIPE, [], f, args, "study") for f in range(args.recipe_folds)]
+    if args.recipe_folds > args.study_folds:  # the reference on the recipe's folds too, for the paired tests
+        jobs += [("default", [f"train.epochs={args.study_epochs}"], f, args, "study")
+                 for f in range(args.study_folds, args.recipe_folds)]
+    return jobs
+
+
+def study(args) -> None:
+    jobs = study_jobs(args)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        summaries = list(pool.map(run_one, jobs))
+    print(f"study: {len(jobs)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+    study_report(args, jobs, summaries)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
@@ -139,7 +195,15 @@ def main() -> None:
     ap.add_argument("--long-folds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 width fold: a check that it runs")
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--study", action="store_true", help="what limits accuracy: each --variants against default")
+    ap.add_argument("--variants", nargs="*", help=f"study variants (default: all of {', '.join(STUDY)})")
+    ap.add_argument("--study-folds", type=int, default=2)
+    ap.add_argument("--study-epochs", type=int, default=80)
+    ap.add_argument("--recipe-folds", type=int, default=0,
+                    help="also train the shipped configs/register_mrus.yaml on this many folds")
     args = ap.parse_args()
+    if args.study:
+        return study(args)
     if args.quick:
         args.epochs, args.width_folds = 2, 1
     jobs = [(n, o, f, args) for f in range(args.folds) for n, o in MAIN.items()]
@@ -216,6 +280,129 @@ def main() -> None:
             f"{epochs_note}.\n\n![gland Dice and landmark TRE over the test pairs](img/registration_cv.png)")
     if not args.no_doc:
         write_section("results.md", "registration-cv", "Registration: MR-US cross-validation (issue 13)", body)
+
+
+# test-time variants: (name, the trained variant whose networks they reuse, infer overrides)
+TEST_TIME = [
+    ("all labels + flips", "all labels", {"tta": "flips"}),
+    ("all labels + refine MIND 20", "all labels", {"refine_steps": 20, "refine_similarity": "mind"}),
+    ("all labels + refine MIND 20, lr 0.02", "all labels", {"refine_steps": 20, "refine_similarity": "mind",
+                                                            "refine_lr": 0.02}),
+    ("all labels + refine LNCC-grad 20", "all labels", {"refine_steps": 20, "refine_similarity": "lncc_grad"}),
+]
+
+
+def score_run(run_dir: Path, infer: dict, key: str) -> dict:
+    """Per-label rows and per-pair rows of a finished run on its test fold, with ``infer`` overrides; cached in
+    the run directory as ``study_<key>.json``."""
+    import torch
+
+    from leancnn.tasks import register as R
+
+    cache = run_dir / f"study_{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    torch.set_num_threads(1)
+    model, cfg, state = R.load_register_state(run_dir / "last.pt", torch.device("cpu"))
+    inf = R.infer_config(cfg, infer)
+    pairs = R.open_pairs(cfg, state["meta"]["splits"]["test"])
+    per_pair: list[dict] = []
+    rows = R.register_and_score(model, pairs, cfg.data.scale, torch.device("cpu"), "test", False, cfg.data.initial,
+                                infer=inf, pair_rows=per_pair)
+    times = []  # inference alone (the DDF on the fixed grid from the two images), one thread, 5 pairs
+    for i in range(min(5, len(pairs))):
+        pair = pairs[i]
+        t = time.perf_counter()
+        R.predict_ddf(model, pair, cfg.data.scale, torch.device("cpu"), cfg.data.initial, inf)
+        times.append(time.perf_counter() - t)
+    out = {"rows": rows, "pairs": per_pair, "seconds_per_pair": float(np.median(times))}
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def _score_job(job):
+    return score_run(*job)
+
+
+def wilcoxon_cell(ref: dict, new: dict, better: int) -> str:
+    """Share of the paired items (same pair and label) that ``new`` improved over ``ref`` and the two-sided Wilcoxon
+    signed-rank p-value; ``ref``/``new``: {item: value}."""
+    from scipy.stats import wilcoxon
+
+    keys = [k for k in ref if k in new and ref[k] is not None and new[k] is not None]
+    d = np.asarray([better * (new[k] - ref[k]) for k in keys])
+    if not keys or np.allclose(d, 0):
+        return "—"
+    return f"{100 * np.mean(d > 0):.0f}% (p = {wilcoxon(d).pvalue:.1g})"
+
+
+def study_report(args, jobs, summaries) -> None:
+    runs: dict[str, list[Path]] = {}
+    for (name, _, fold, *_), s in zip(jobs, summaries):
+        runs.setdefault(name, []).append(Path(s["run_dir"]))
+    evals = [(name, base, infer) for name, base, infer in TEST_TIME if base in runs]
+    score_jobs = [(d, {}, "plain") for ds in runs.values() for d in ds]
+    score_jobs += [(d, infer, slug(name)) for name, base, infer in evals for d in runs[base]]
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        scored = list(pool.map(_score_job, score_jobs))
+    by_dir: dict[tuple, dict] = {(str(d), key): r for (d, _, key), r in zip(score_jobs, scored)}
+
+    def pooled(dirs, key):
+        rows, pairs, sec = [], [], []
+        for d in dirs:
+            r = by_dir[(str(d), key)]
+            rows += r["rows"]
+            pairs += r["pairs"]
+            sec.append(r["seconds_per_pair"])
+        return rows, pairs, float(np.mean(sec))
+
+    methods = [(name, runs[name], "plain", "default") for name in runs]
+    methods += [(name, runs[base], slug(name), base) for name, base, _ in evals]
+    results = {name: pooled(dirs, key) for name, dirs, key, _ in methods}
+
+    def items(rows, structure, field):
+        return {(r["pair"], r["label"]): r[field] for r in rows if r["structure"] == structure}
+
+    table = []
+    for name, dirs, key, ref in methods:
+        rows, pairs, sec = results[name]
+        ref_rows = results[ref][0]
+        s = summarise_register(rows, pairs)
+        minutes = np.mean([sum(h["train_seconds"] for h in json.loads((d / "summary.json").read_text())["history"])
+                           for d in dirs]) / 60
+        same = name == ref
+        table.append([name, str(s["gland_dice_after"]["n"]), cell(s["gland_dice_after"], 3),
+                      "—" if same else wilcoxon_cell(items(ref_rows, "gland", "dice_after"),
+                                                     items(rows, "gland", "dice_after"), +1),
+                      cell(s["landmark_tre_after_mm"], 2),
+                      "—" if same else wilcoxon_cell(items(ref_rows, "landmark", "tre_after_mm"),
+                                                     items(rows, "landmark", "tre_after_mm"), -1),
+                      cell(s["gland_hd95_after_mm"], 1), cell(s["rms_tre_after_mm"], 2),
+                      f"{100 * s['folding']['mean']:.3f}", f"{minutes:.1f}", f"{sec:.2f}",
+                      "" if same else ref])
+    headers = ["variant", "pairs", "gland Dice, median [q1, q3]", "glands improved (Wilcoxon)",
+               "landmark TRE mm, median [q1, q3]", "landmarks improved (Wilcoxon)", "gland HD95 mm",
+               "RMS TRE per pair mm", "folding %", "train min/fold", "inference s/pair", "against"]
+    print(format_table(table, headers))
+    text = format_table(table, headers, markdown=True)
+    out = bench_dir("registration_cv")
+    (out / "study.json").write_text(json.dumps({"headers": headers, "rows": table}, indent=1))
+    note = (f"Each variant trained on folds {', '.join(map(str, range(args.study_folds)))} of the 4-fold split by "
+            f"pair ({args.study_epochs} epochs of the 60 training pairs unless named, batch 4, one thread per "
+            f"training), scored on its test fold with the same code, pooled. \"Improved\": the share of the same "
+            f"glands (landmarks) whose Dice rose (TRE fell) against the variant in \"against\" (the default for "
+            f"training variants; the networks they reuse for test-time variants) and the two-sided Wilcoxon "
+            f"signed-rank p-value. Folding: the mean over pairs of the share of voxels with a Jacobian determinant "
+            f"<= 0.")
+    if not args.no_doc:
+        write_section("results.md", "registration-study", "Registration: what limits accuracy (issue 21)",
+                      f"{text}\n\n{note}")
+
+
+def summarise_register(rows, pairs):
+    from leancnn.tasks.register import summarise_rows
+
+    return summarise_rows(rows, pairs)
 
 
 if __name__ == "__main__":

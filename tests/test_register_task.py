@@ -397,3 +397,93 @@ def test_training_takes_a_pair_with_some_empty_labels(phantoms, tmp_path):
                       cls=RegisterConfig)
     summary = R.train_register(cfg, out=tmp_path / "run", quiet=True)
     assert (tmp_path / "run" / "best.pt").is_file() and len(summary["history"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- issue 21: metrics
+def test_evaluate_reports_the_fields_metrics_and_the_inference_options(trained, phantoms, tmp_path):
+    """per_label.csv has the gland's HD95, per_pair.csv the RMS TRE and the field's regularity; the summary the
+    robust scores; --tta flips and --refine N are recorded and change the DDF; a bad --refine is one line."""
+    out, cfg, summary = trained
+    ev = tmp_path / "ev"
+    assert main(["register", "evaluate", str(out), "--data", str(phantoms), "-o", str(ev), "--split", "val",
+                 "--no-png"]) == 0
+    rows = list(csv.DictReader(open(ev / "per_label.csv")))
+    pairs = list(csv.DictReader(open(ev / "per_pair.csv")))
+    assert {r["pair"] for r in pairs} == set(summary["splits"]["val"])
+    for r in rows:
+        assert (r["hd95_after_mm"] != "") == (r["structure"] == "gland")
+    for p in pairs:
+        marks = [float(r["tre_after_mm"]) for r in rows if r["pair"] == p["pair"] and r["structure"] == "landmark"
+                 and r["tre_after_mm"] != ""]
+        assert float(p["rms_tre_after_mm"]) == pytest.approx(float(np.sqrt(np.mean(np.square(marks)))), rel=1e-5)
+        assert 0.0 <= float(p["folding"]) < 0.05 and float(p["std_log_jac"]) >= 0
+    s = json.loads((ev / "summary.json").read_text())
+    glands = sorted(float(r["dice_after"]) for r in rows if r["structure"] == "gland")
+    kept = glands[len(glands) - max(1, len(glands) - int(0.32 * len(glands) + 1e-9)):]
+    assert s["robust_gland_dice_after"]["median"] == pytest.approx(float(np.median(kept)))
+    assert s["infer"]["tta"] == "none" and s["folding"]["n"] == len(pairs)
+    md = (ev / "summary.md").read_text()
+    assert "gland HD95" in md and "robust gland Dice" in md and "folding" in md
+    flips = tmp_path / "flips"
+    assert main(["register", "evaluate", str(out), "--data", str(phantoms), "-o", str(flips), "--split", "val",
+                 "--no-png", "--tta", "flips", "--refine", "3"]) == 0
+    s2 = json.loads((flips / "summary.json").read_text())
+    assert s2["infer"]["tta"] == "flips" and s2["infer"]["refine_steps"] == 3 and "test-time flips" in s2["method"]
+    assert s2["gland_dice_after"]["median"] != s["gland_dice_after"]["median"]
+    with pytest.raises(LeancnnError, match="refine_steps"):
+        R.infer_config(cfg, {"refine_steps": -1})
+
+
+def test_flips_map_the_mirrored_field_back():
+    """The DDF of a mirrored pair, mirrored back with its component negated, is the DDF of the pair: for a
+    network that is itself mirror-symmetric in that sense (an affine field that commutes with the flip), test-time
+    flips change nothing; a flip applied twice is the identity."""
+    torch.manual_seed(0)
+    ddf = torch.randn(1, 3, 5, 6, 7)
+    for axes in R.FLIP_AXES:
+        torch.testing.assert_close(R._flip_ddf(R._flip_ddf(ddf, axes), axes), ddf)
+    # a pure scaling about the centre is its own mirror image: the flipped field maps back to itself
+    c = (torch.tensor([5, 6, 7]) - 1) / 2
+    theta = torch.zeros(3, 4)
+    theta[:, :3] = torch.diag(torch.tensor([1.1, 0.9, 1.05]))
+    theta[:, 3] = c - theta[:, :3] @ c
+    scaling = affine_to_ddf(theta, (5, 6, 7))
+    for axes in R.FLIP_AXES:
+        torch.testing.assert_close(R._flip_ddf(scaling, axes), scaling, rtol=1e-5, atol=1e-5)
+    # a translation along x is not: mirrored along x it maps back to the opposite translation
+    shift = torch.zeros(1, 3, 5, 6, 7)
+    shift[:, 0] = 1.5
+    assert torch.equal(R._flip_ddf(shift, (0,))[:, 0], -shift[:, 0]) and torch.equal(R._flip_ddf(shift, (1,)), shift)
+
+
+def test_validation_logs_the_new_metrics_and_warns_when_dice_still_rises(trained):
+    out, _, _ = trained
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_hd95", "val_rms_tre", "val_folding", "val_std_log_jac"} <= set(lines[-1])
+    assert R.still_rising([0.5 + 0.01 * i for i in range(12)]) is not None
+    assert R.still_rising([0.7, 0.71, 0.69, 0.7, 0.71, 0.7, 0.69, 0.7, 0.71, 0.7]) is None
+    assert R.still_rising([0.5, 0.6, 0.7]) is None  # too few epochs to say
+    assert R.still_rising([0.8 - 0.01 * i for i in range(12)]) is None
+
+
+def test_training_with_every_label_per_step(phantoms, tmp_path):
+    cfg = load_config(None, [f"data.root={phantoms}", *TINY, "train.epochs=2", "data.labels=all",
+                             "loss.gland_weight=2"], cls=RegisterConfig)
+    summary = R.train_register(cfg, out=tmp_path / "all", quiet=True)
+    lines = [json.loads(s) for s in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(0 <= r["train_dice"] <= 1 for r in lines)
+    assert summary["epochs"] == 2
+
+
+def test_the_shipped_mrus_config_is_the_default():
+    """`leancnn register train` without -c trains the shipped recipe: configs/register_mrus.yaml sets every key to
+    the schema's default (only its name differs)."""
+    from pathlib import Path
+
+    from leancnn.config import flatten, to_dict
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "register_mrus.yaml"
+    shipped = flatten(to_dict(load_config(path, [], cls=RegisterConfig)))
+    default = flatten(to_dict(RegisterConfig()))
+    differ = {k: (shipped[k], default[k]) for k in default if shipped[k] != default[k] and k != "name"}
+    assert differ == {}

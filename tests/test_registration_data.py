@@ -112,7 +112,7 @@ def test_real_mrus_pairs_load_as_the_readme_says():
     # training item: the moving image and label resized onto the fixed grid
     train = RegistrationDataset(PairedNifti(MRUS, ["obs000", "obs001"]), "train", seed=0, initial="corners")
     sample = train[0]
-    assert [tuple(t.shape) for t in sample] == [(1, 47, 63, 44)] * 4
+    assert [tuple(t.shape) for t in sample[:4]] == [(1, 47, 63, 44)] * 4 and sample.label_mask is None
     k = train.draw_label(0)
     raw = train.pairs[0]
     assert torch.equal(sample.fixed_label[0], torch.from_numpy(raw.fixed_label[k]))
@@ -235,7 +235,7 @@ def test_training_sampling_and_augmentation_on_phantoms(phantom_root):
     pairs = PairedNifti(phantom_root)
     train = RegistrationDataset(pairs, "train", seed=3, initial="corners")
     sample = train[0]
-    assert [tuple(t.shape) for t in sample] == [(1, *FIXED)] * 4
+    assert [tuple(t.shape) for t in sample[:4]] == [(1, *FIXED)] * 4
     # one label per pair per epoch, uniform over its labels, seeded by (seed, epoch, pair)
     draws = []
     for epoch in range(60):
@@ -270,11 +270,38 @@ def test_training_sampling_and_augmentation_on_phantoms(phantom_root):
     assert ((out > 0.05) & (out < 0.95)).sum().item() < 2 * _surface(gland[0, 0])
     # batching
     batch = collate_pairs([train[i] for i in range(3)])
-    assert [tuple(t.shape) for t in batch] == [(3, 1, *FIXED)] * 4
+    assert [tuple(t.shape) for t in batch[:4]] == [(3, 1, *FIXED)] * 4
     loader = torch.utils.data.DataLoader(train, batch_size=2, shuffle=True, collate_fn=collate_pairs,
                                          generator=torch.Generator().manual_seed(0))
     first = next(iter(loader))
     assert first.fixed_label.shape == (2, 1, *FIXED)
+
+
+def test_all_labels_per_pair_padded_and_masked(phantom_root):
+    """data.labels=all: every label of a pair, on the fixed grid, the same voxels as the one-label draw; a batch
+    pads to its largest label count with masked (0) channels."""
+    pairs = PairedNifti(phantom_root)
+    one = RegistrationDataset(pairs, "train", seed=3, initial="corners")
+    every = RegistrationDataset(pairs, "train", seed=3, initial="corners", labels="all")
+    counts = [pairs.num_labels(i) for i in range(len(pairs))]
+    for i in range(len(pairs)):
+        s = every[i]
+        assert s.moving_label.shape == (counts[i], *FIXED) and s.fixed_label.shape == (counts[i], *FIXED)
+        assert s.label_mask.tolist() == [0.0 if k in pairs[i].empty else 1.0 for k in range(counts[i])]
+        k = one.draw_label(i)
+        assert torch.equal(s.moving_label[k], one[i].moving_label[0])
+        assert torch.equal(s.fixed_label[k], one[i].fixed_label[0])
+    batch = collate_pairs([every[i] for i in range(len(pairs))])
+    width = max(counts)
+    assert batch.moving_label.shape == (len(pairs), width, *FIXED) and batch.label_mask.shape == (len(pairs), width)
+    for i, n in enumerate(counts):
+        assert batch.label_mask[i, n:].sum() == 0 and batch.fixed_label[i, n:].abs().sum() == 0
+    augmented = RegistrationDataset(pairs, "train", seed=3, initial="corners", labels="all", augment_scale=0.1)
+    assert augmented[0].moving_label.shape == (counts[0], *FIXED)
+    with pytest.raises(LeancnnError, match="training only"):
+        RegistrationDataset(pairs, "eval", initial="corners", labels="all")
+    with pytest.raises(LeancnnError, match="unknown label sampling"):
+        RegistrationDataset(pairs, "train", initial="corners", labels="some")
 
 
 def test_eval_and_predict_modes(phantom_root, tmp_path):

@@ -162,3 +162,49 @@ def test_batch_binary_dice():
         batch_binary_dice(a, a[..., :-1])
     with pytest.raises(ValueError, match="threshold"):
         batch_binary_dice(a, a, threshold=float("nan"))
+
+
+def test_label_weights_score_each_label_on_its_own():
+    """data.labels=all: each (sample, label) channel is its own Dice problem; a sample's term is the weighted mean
+    of its labels', padding (weight 0) contributes nothing; one label with weight 1 is the plain loss."""
+    torch.manual_seed(0)
+    warped = torch.rand(2, 3, *SHAPE, dtype=D)
+    fixed = (torch.rand(2, 3, *SHAPE, dtype=D) > 0.6).to(D)
+    loss = RegistrationLoss("dice", (0.0, 2.0), "bending", 0.5)
+    ddf = torch.zeros(2, 3, *SHAPE, dtype=D)
+    w = torch.tensor([[1.0, 1.0, 0.0], [4.0, 1.0, 1.0]], dtype=D)
+    per = torch.stack([torch.stack([multiscale_dice_loss(warped[b, k][None, None], fixed[b, k][None, None],
+                                                         (0.0, 2.0)) for k in range(3)]) for b in range(2)])
+    expected = ((per * w).sum(1) / w.sum(1)).mean()
+    torch.testing.assert_close(loss(warped, fixed, ddf, w).label, expected)
+    # the padded channel can hold anything: it does not count
+    other = warped.clone()
+    other[0, 2] = 1.0
+    torch.testing.assert_close(loss(other, fixed, ddf, w).label, expected)
+    one = loss(warped[:, :1], fixed[:, :1], ddf, torch.ones(2, 1, dtype=D)).label
+    torch.testing.assert_close(one, loss(warped[:, :1], fixed[:, :1], ddf).label)
+    with pytest.raises(ValueError, match="label_weights must be"):
+        loss(warped, fixed, ddf, torch.ones(2, 2, dtype=D))
+    with pytest.raises(ValueError, match="at least one positive"):
+        loss(warped, fixed, ddf, torch.zeros(2, 3, dtype=D))
+
+
+def test_gaussian_smoothing_is_the_zero_padded_convolution():
+    """The banded-matrix smoothing equals a zero-padded separable convolution with label-reg's taps."""
+    import torch.nn.functional as F
+
+    from leancnn.losses.registration import gaussian_kernel1d, gaussian_smooth
+
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 9, 14, 6, dtype=D)
+    for sigma in (0.5, 1.0, 2.0, 4.0, 16.0):
+        k = gaussian_kernel1d(sigma)
+        tail = (k.numel() - 1) // 2
+        out = x.reshape(6, 1, 9, 14, 6)
+        for axis in range(3):
+            view = [1, 1, 1, 1, 1]
+            view[2 + axis] = k.numel()
+            pad = [0, 0, 0]
+            pad[axis] = tail
+            out = F.conv3d(out, k.view(view).to(D), padding=tuple(pad))
+        torch.testing.assert_close(gaussian_smooth(x, sigma), out.reshape(x.shape))

@@ -21,6 +21,7 @@ from leancnn.models.regnet import (
     param_breakdown,
 )
 from leancnn.nn.warp import affine_to_ddf as _affine_ddf  # the networks use these
+from leancnn.nn.warp import identity_grid
 from leancnn.nn.warp import warp as _warp
 
 TINY = (2, 4, 4, 8)  # 4 levels, bottom 8: up blocks 8->8, 8->4, 4->4, 4->2 (channel groups 1 or 2)
@@ -269,3 +270,29 @@ def test_clear_errors():
         GlobalNet(channels=TINY, image_size=(8, 8, 8))(*_pair((8, 8, 9)))
     assert GlobalNet(channels=TINY, head="avgpool")(*_pair((8, 8, 9)))["theta"].shape == (1, 3, 4)
     assert math.prod(GlobalNet(channels=TINY, image_size=(47, 63, 44)).bottom_size) == 3 * 4 * 3
+
+
+def test_composite_true_composition_samples_the_affine_image_of_the_local_point():
+    """compose="warp": ddf(q) = theta @ [q + d_l(q); 1] - q exactly (the moving image sampled at the affine image
+    of the locally displaced point); compose="sum" (label-reg) adds the two fields. They differ by (A - I) d_l."""
+    shape = (9, 10, 8)
+    moving, fixed = _pair(shape)
+    nets = {c: CompositeNet(TINY, TINY, image_size=shape, local_bottom=8, global_bottom=8, compose=c)
+            for c in ("sum", "warp")}
+    nets["warp"].load_state_dict(nets["sum"].state_dict())
+    theta = torch.tensor([[1.1, 0.05, 0.0, 0.5], [0.0, 0.9, 0.1, -1.0], [0.02, 0.0, 1.05, 0.3]])
+    with torch.no_grad():
+        for net in nets.values():
+            net.global_net.head.bias.copy_(theta.flatten())
+            net.local_net.summands["0"].conv.bias.copy_(torch.tensor([0.7, -0.4, 0.2]))
+        out = {c: net(moving, fixed) for c, net in nets.items()}
+    q = identity_grid(shape)
+    local = out["warp"]["ddf_local"]
+    moved = torch.einsum("ij,bjxyz->bixyz", theta[:, :3], q + local) + theta[:, 3].view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(out["warp"]["ddf"], moved - q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["sum"]["ddf"], out["sum"]["ddf_affine"] + out["sum"]["ddf_local"])
+    diff = out["warp"]["ddf"] - out["sum"]["ddf"]
+    expected = torch.einsum("ij,bjxyz->bixyz", theta[:, :3] - torch.eye(3), local)
+    torch.testing.assert_close(diff, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(LeancnnError, match="compose"):
+        CompositeNet(TINY, TINY, image_size=shape, compose="chain")

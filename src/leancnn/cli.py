@@ -326,6 +326,7 @@ def _add_register_parser(sub) -> None:
     q.add_argument("--data", required=True, help="a paired folder; only moving_images/ and fixed_images/ are needed")
     q.add_argument("-o", "--out", required=True, help="output folder (must be new or empty unless --force)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_infer_args(q)
     q.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     q = rsub.add_parser("evaluate", help="gland Dice and landmark TRE before and after registration: per-pair "
                                          "per-label CSV, summary with medians and quartiles, a PNG per pair")
@@ -341,7 +342,25 @@ def _add_register_parser(sub) -> None:
                         "which --data must hold (default all)")
     q.add_argument("--no-png", action="store_true", help="skip the per-pair pictures")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_infer_args(q)
     q.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+
+
+def _add_infer_args(q) -> None:
+    """Inference options of predict / evaluate; each defaults to the run's config (its ``infer`` section)."""
+    q.add_argument("--tta", choices=["none", "flips"], default=None,
+                   help="test-time flips: average the DDFs of the pair mirrored along each axis (default: the "
+                        "run's infer.tta)")
+    q.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="refine each DDF by N optimiser steps of an image similarity + bending, images only "
+                        "(default: the run's infer.refine_steps; 0 = off; see docs/registration.md)")
+    q.add_argument("--refine-similarity", choices=["mind", "lncc_grad"], default=None,
+                   help="the refinement's similarity: MIND-SSC or LNCC of gradient magnitudes (default: the run's)")
+
+
+def _infer_overrides(args: argparse.Namespace) -> dict:
+    out = {"tta": args.tta, "refine_steps": args.refine, "refine_similarity": args.refine_similarity}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -350,13 +369,15 @@ def _run_register(args: argparse.Namespace) -> int:
     if args.action == "train":
         return register.train_command(args.config, args.overrides, args.data, args.resume, args.out, args.force)
     if args.action == "predict":
-        ids = register.predict_folder(args.checkpoint, args.data, args.out, args.device, args.force)
+        ids = register.predict_folder(args.checkpoint, args.data, args.out, args.device, args.force,
+                                      infer=_infer_overrides(args))
         print(f"registered {len(ids)} pair(s); written to {args.out}")
         return 0
     if bool(args.checkpoint) == bool(args.identity):
         raise LeancnnError("give a checkpoint or --identity (not both)")
     register.evaluate_folder(None if args.identity else args.checkpoint, args.data, args.out, args.device,
-                             args.split, not args.no_png, args.force, initial=args.initial)
+                             args.split, not args.no_png, args.force, initial=args.initial,
+                             infer=_infer_overrides(args))
     return 0
 
 

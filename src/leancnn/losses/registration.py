@@ -61,11 +61,9 @@ import math
 import numbers
 from typing import NamedTuple, Sequence
 
-
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..nn.warp import _check_volume
 
@@ -141,30 +139,33 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def _smoothing_matrix(kernel: torch.Tensor, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``(n, n)`` matrix of a 1-D "same" convolution with ``kernel`` (odd length) and zero padding: row i holds
+    ``kernel[tail + j - i]`` at column j (the taps that reach outside the axis are the zero padding's)."""
+    tail = (kernel.numel() - 1) // 2
+    offset = torch.arange(n).view(1, n) - torch.arange(n).view(n, 1)  # j - i
+    inside = offset.abs() <= tail
+    m = torch.where(inside, kernel[(offset + tail).clamp(0, kernel.numel() - 1)], torch.zeros((), dtype=kernel.dtype))
+    return m.to(dtype=dtype, device=device)
+
+
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of ``x`` (B, C, X, Y, Z) along X, Y, Z with zero "same" padding.
 
-    σ = 0 (or a single-tap kernel, σ < 1/3) returns ``x`` itself. Taps that can only reach the zero padding (beyond
-    N - 1 voxels on an axis of length N) are dropped after normalisation, which changes nothing in the output but
-    keeps large σ on small volumes cheap.
+    σ = 0 (or a single-tap kernel, σ < 1/3) returns ``x`` itself. Each axis is one product with the ``(N, N)``
+    banded matrix of the 1-D convolution (:func:`_smoothing_matrix`): the same numbers as a zero-padded
+    convolution, several times faster on a CPU than a one-channel ``conv3d`` with the long kernels of large σ.
     """
     _check_volume(x, "x")
     kernel = gaussian_kernel1d(sigma)
-    tail = (kernel.numel() - 1) // 2
-    if tail == 0:
+    if kernel.numel() == 1:
         return x
-    b, c = x.shape[:2]
-    out = x.reshape(b * c, 1, *x.shape[2:])
-    for axis in range(3):
-        n = out.shape[2 + axis]
-        r = min(tail, n - 1)
-        k = kernel[tail - r: tail + r + 1].to(dtype=x.dtype, device=x.device)
-        view = [1, 1, 1, 1, 1]
-        view[2 + axis] = k.numel()
-        padding = [0, 0, 0]
-        padding[axis] = r
-        out = F.conv3d(out, k.view(view), padding=tuple(padding))
-    return out.reshape(x.shape)
+    nx, ny, nz = x.shape[2:]
+    mx, my, mz = (_smoothing_matrix(kernel, n, x.dtype, x.device) for n in (nx, ny, nz))
+    v = x.reshape(-1, nx, ny, nz) @ mz.T  # along Z
+    v = (v.transpose(2, 3) @ my.T).transpose(2, 3)  # along Y
+    v = (v.transpose(1, 3) @ mx.T).transpose(1, 3)  # along X
+    return v.reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------------------------ label losses
@@ -298,9 +299,28 @@ class RegistrationLoss(nn.Module):
         sigmas = cfg.sigmas if cfg.label == "dice" else DEFAULT_SIGMAS
         return cls(cfg.label, sigmas, cfg.regulariser, cfg.weight)
 
-    def forward(self, warped_label: torch.Tensor, fixed_label: torch.Tensor, ddf: torch.Tensor
-                ) -> RegistrationLossTerms:
-        label = LABEL_LOSSES[self.label](warped_label, fixed_label, self.sigmas)
+    def forward(self, warped_label: torch.Tensor, fixed_label: torch.Tensor, ddf: torch.Tensor,
+                label_weights: torch.Tensor | None = None) -> RegistrationLossTerms:
+        """``label_weights`` ``(B, L)`` (>= 0; every sample needs one positive weight): the labels are ``(B, L, X,
+        Y, Z)`` channels, each scored on its own, and a sample's label term is the weighted mean of its labels'
+        (0 weight = padding or an empty label); then the mean over the batch. None: the label term of the ``C``
+        channels together, as label-reg (one label per sample)."""
+        if label_weights is None:
+            label = LABEL_LOSSES[self.label](warped_label, fixed_label, self.sigmas)
+        else:
+            _check_pair(warped_label, fixed_label)
+            b, n = warped_label.shape[:2]
+            if tuple(label_weights.shape) != (b, n):
+                raise ValueError(f"label_weights must be (B, L) = {(b, n)} for labels of shape "
+                                 f"{tuple(warped_label.shape)}, got {tuple(label_weights.shape)}")
+            w = label_weights.to(warped_label.dtype)
+            total = w.sum(dim=1)
+            if bool((w < 0).any()) or bool((total <= 0).any()):
+                raise ValueError("label_weights must be >= 0 with at least one positive weight per sample")
+            flat = (lambda t: t.reshape(b * n, 1, *t.shape[2:]))
+            per = LABEL_LOSSES[self.label](flat(warped_label), flat(fixed_label), self.sigmas,
+                                           reduction="none").view(b, n)
+            label = ((per * w).sum(dim=1) / total).mean()
         reg = REGULARISERS[self.regulariser](ddf)
         return RegistrationLossTerms(label + self.weight * reg, label, reg)
 

@@ -53,9 +53,10 @@ Decisions and differences (see also ``../shared/reference/registration.md`` §2,
   is what a translation is made of. ``head="avgpool"`` (any size) is offered, but it is weaker for translation.
 * **CompositeNet**: GlobalNet(moving, fixed) → moving warped by the affine (private trilinear warp,
   ``grid_sample`` with ``align_corners=True``, zeros outside) → LocalNet(warped, fixed) with ``ddf_levels=(0,)``;
-  final ``ddf = ddf_affine + ddf_local``: label-reg's *additive* form, not a true composition. Sampling the
-  moving image at the affine image of ``p + ddf_local(p)`` would give ``ddf_affine(p) + A·ddf_local(p)`` (A the
-  linear part of theta), so the two differ by ``(A - I)·ddf_local``. label-reg's own CompositeNet never ran: it
+  final ``ddf = ddf_affine + ddf_local``: label-reg's *additive* form, not a true composition (``compose="sum"``,
+  the default). ``compose="warp"`` is the true composition: the moving image is sampled at the affine image of
+  ``p + ddf_local(p)``, i.e. ``ddf = ddf_affine(p) + A·ddf_local(p)`` (A the linear part of theta, exact for any
+  p, no resampling of the affine field); the two differ by ``(A - I)·ddf_local``. label-reg's own CompositeNet never ran: it
   calls ``global_net.warp_image()`` without its argument (TypeError; issue #13).
 * Parameters are counted by :func:`count_params`; ``bn=False`` leaves out the BN betas, which is how the
   reference's ≈18.9 M for LocalNet (nc₀ = 32) is counted (18,902,959 here; 3,392 betas on top).
@@ -383,8 +384,12 @@ class CompositeNet(nn.Module):
     def __init__(self, local_channels: Sequence[int] = (32, 64, 128, 256),
                  global_channels: Sequence[int] = (8, 16, 32, 64), image_size: Sequence[int] | None = None,
                  in_channels: int = 2, local_bottom: int | None = None, global_bottom: int | None = None,
-                 local_ddf_levels: Sequence[int] = (0,), global_head: str = "flatten", bn_mode: str = "batch"):
+                 local_ddf_levels: Sequence[int] = (0,), global_head: str = "flatten", bn_mode: str = "batch",
+                 compose: str = "sum"):
         super().__init__()
+        if compose not in ("sum", "warp"):
+            raise LeancnnError(f"CompositeNet compose must be 'sum' or 'warp', got {compose!r}")
+        self.compose = compose
         self.in_channels = _check_in_channels("CompositeNet", in_channels)
         self.global_net = GlobalNet(in_channels, global_channels, global_bottom, image_size, global_head, bn_mode)
         self.local_net = LocalNet(in_channels, local_channels, local_bottom, local_ddf_levels, bn_mode)
@@ -394,8 +399,11 @@ class CompositeNet(nn.Module):
         out = self.global_net.forward_input(x)
         warped = warp(moving, out["ddf"])
         ddf_local = self.local_net.forward_input(torch.cat([warped, fixed], dim=1))
-        return {"ddf": out["ddf"] + ddf_local, "theta": out["theta"], "ddf_affine": out["ddf"],
-                "ddf_local": ddf_local}
+        if self.compose == "warp":  # q -> A(q + d_l(q)) = q + ddf_affine(q) + A_lin d_l(q): exact, any q
+            ddf = out["ddf"] + torch.einsum("bij,bjxyz->bixyz", out["theta"][:, :, :3], ddf_local)
+        else:
+            ddf = out["ddf"] + ddf_local
+        return {"ddf": ddf, "theta": out["theta"], "ddf_affine": out["ddf"], "ddf_local": ddf_local}
 
 
 # ------------------------------------------------------------------------------------------ factory, count

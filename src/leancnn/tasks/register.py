@@ -42,7 +42,7 @@ import csv
 import hashlib
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -78,6 +78,7 @@ from ..errors import ConfigError, LeancnnError
 from ..interrupts import loader_worker_init
 from ..io import atomic_write_json, atomic_write_text
 from ..losses.registration import RegistrationLoss, batch_binary_dice, binary_dice, centroid_distance_mm
+from ..losses.registration_metrics import field_regularity, hausdorff95_mm, rms, robust_subset
 from ..models.regnet import build_regnet, count_params
 from ..nn.warp import resize_ddf, resize_volume, warp
 from ..outputs import check_output, check_output_dir, staged_dir
@@ -95,7 +96,9 @@ from .runs import (
 
 GLAND = 0  # label index of the gland (Dice); the others are landmarks (TRE)
 CSV_FIELDS = ("pair", "label", "structure", "dice_before", "dice_after", "tre_before_mm", "tre_after_mm",
-              "fixed_voxels")
+              "hd95_before_mm", "hd95_after_mm", "fixed_voxels")
+PAIR_FIELDS = ("pair", "gland_dice_before", "gland_dice_after", "gland_hd95_before_mm", "gland_hd95_after_mm",
+               "landmarks", "rms_tre_before_mm", "rms_tre_after_mm", "folding", "std_log_jac")
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -117,6 +120,8 @@ class RegisterDataConfig:
     split_seed: int = rule(0, ge=0, lt=SEED_MAX)
     scale: float = rule(0.5, gt=0.0, le=1.0)  # the network's grid = round(scale * fixed shape); the DDF is upsampled
     augment_scale: float = rule(0.1, ge=0.0, lt=1.0)  # random affine augmentation (label-reg: 0.1); 0 = off
+    # labels per image pair per step: one drawn uniformly (label-reg) or all of them, each scored on its own
+    labels: Literal["one", "all"] = "one"
     batch_size: int = rule(4, ge=1)
     num_workers: int = rule(0, ge=0, runtime=True)
     # keys of earlier versions, accepted and dropped when read (older checkpoints and configs hold them)
@@ -130,6 +135,8 @@ class RegisterModelConfig:
     global_channels: list[int] = rule(factory=lambda: [4, 8, 16, 32], min_len=1, ge=1)  # composite's affine part
     ddf_levels: list[int] = rule(factory=list, ge=0, unique=True)  # local: [] = every level (label-reg)
     bn_mode: Literal["batch", "running"] = "batch"  # batch: batch statistics at inference too (label-reg)
+    # composite: final field = affine + local (label-reg's sum) or the true composition (warp, then compose)
+    compose: Literal["sum", "warp"] = "sum"
 
 
 @dataclass
@@ -138,6 +145,22 @@ class RegisterLossConfig:
     sigmas: list[float] = rule(factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0], min_len=1, ge=0.0)  # voxels of the net grid
     regulariser: Literal["bending", "gradient_l2", "gradient_l1"] = "bending"
     weight: float = rule(0.5, ge=0.0)  # label-reg: 0.5 (bending)
+    # with data.labels=all: the gland's weight against each landmark's 1 in a pair's mean label term
+    gland_weight: float = rule(1.0, gt=0.0)
+
+
+@dataclass
+class RegisterInferConfig:
+    """How ``predict`` / ``evaluate`` (and the per-epoch validation and test scoring) turn a network into a DDF;
+    ``leancnn register predict|evaluate --tta / --refine N`` override the run's values."""
+
+    # flips: the mean of the DDFs predicted for the pair as given and flipped along each axis (4 forward passes)
+    tta: Literal["none", "flips"] = "none"
+    # test-time refinement from the images alone (no labels): optimiser steps of an image similarity + bending
+    refine_steps: int = rule(0, ge=0)
+    refine_similarity: Literal["mind", "lncc_grad"] = "mind"  # MIND-SSC, or LNCC of gradient magnitudes
+    refine_weight: float = rule(0.5, ge=0.0)  # bending energy weight
+    refine_lr: float = rule(0.1, gt=0.0)  # Adam step, voxels of the network grid
 
 
 @dataclass
@@ -175,6 +198,7 @@ class RegisterConfig:
     optim: RegisterOptimConfig = field(default_factory=RegisterOptimConfig)
     schedule: RegisterScheduleConfig = field(default_factory=RegisterScheduleConfig)
     train: RegisterTrainConfig = field(default_factory=RegisterTrainConfig)
+    infer: RegisterInferConfig = field(default_factory=RegisterInferConfig)
 
     def _check(self) -> None:
         check_warmup(self.schedule, self.train)
@@ -331,6 +355,7 @@ def build_model(cfg: RegisterConfig, image_size: Sequence[int]) -> nn.Module:
         kw["ddf_levels"] = m.ddf_levels
     if m.kind == "composite":
         kw["global_channels"] = m.global_channels
+        kw["compose"] = m.compose
     model = build_regnet(m.kind, m.channels, image_size, **kw)
     # the affine head flattens a feature map of one size: such a network always sees its training grid; a local
     # network registers any fixed shape on the grid data.scale gives it
@@ -347,21 +372,45 @@ def affine_lr_scales(model: nn.Module, scale: float) -> dict[str, float]:
         if scale != 1.0 else {}
 
 
+FLIP_AXES = ((), (0,), (1,), (2,))  # the test-time flips: as given, then mirrored along each axis
+
+
+def _flip_ddf(ddf: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """The DDF of the mirrored pair mapped back: mirror the field along ``axes`` and negate those components."""
+    if not axes:
+        return ddf
+    out = ddf.flip([2 + a for a in axes]).clone()
+    for a in axes:
+        out[:, a] = -out[:, a]
+    return out
+
+
 @torch.no_grad()
 def predict_ddf(model: nn.Module | None, pair: RegistrationPair, scale: float, device: torch.device,
-                initial: str) -> torch.Tensor:
+                initial: str, infer: RegisterInferConfig | None = None) -> torch.Tensor:
     """The DDF (1, 3, X, Y, Z) of one pair on its full fixed grid, fixed voxel units (zeros for ``model=None``:
-    no registration), relative to the ``initial`` mapping. Images only: labels are not read."""
+    no registration), relative to the ``initial`` mapping. Images only: labels are not read. ``infer``
+    (:class:`RegisterInferConfig`; None = plain): ``tta="flips"`` averages the DDFs of the pair mirrored along
+    each axis (each pass on its own, so batch-statistics BN sees one volume as in training); ``refine_steps > 0``
+    then refines the DDF on the network grid by an image similarity (:func:`~leancnn.losses.similarity.refine_ddf`)."""
     fixed_shape = pair.fixed_image.shape
     if model is None:
         return torch.zeros(1, 3, *fixed_shape)
+    infer = infer or RegisterInferConfig()
     grid = tuple(getattr(model, "image_size", None) or net_shape(fixed_shape, scale))
     matrix = pair_initial_map(pair, initial)
     moving = to_fixed_grid(torch.from_numpy(pair.moving_image)[None], fixed_shape, matrix)
     moving = resize_volume(moving[None].to(device), grid)
     fixed = resize_volume(torch.from_numpy(pair.fixed_image)[None, None].to(device), grid)
     model.eval()
-    ddf = model(moving, fixed)["ddf"].float()
+    flips = FLIP_AXES if infer.tta == "flips" else ((),)
+    ddf = sum(_flip_ddf(model(moving.flip([2 + a for a in axes]), fixed.flip([2 + a for a in axes]))["ddf"].float(),
+                        axes) for axes in flips) / len(flips)
+    if infer.refine_steps:
+        from ..losses.similarity import refine_ddf
+
+        ddf = refine_ddf(moving.float(), fixed.float(), ddf, infer.refine_steps, infer.refine_similarity,
+                         infer.refine_weight, infer.refine_lr)
     return resize_ddf(ddf, fixed_shape).cpu()
 
 
@@ -377,7 +426,8 @@ def warp_moving(volume: np.ndarray, ddf: torch.Tensor, matrix: np.ndarray, mode:
 
 
 def score_pair(pair: RegistrationPair, ddf: torch.Tensor, initial: str) -> list[dict]:
-    """One row per non-empty label: Dice and TRE before (the ``initial`` mapping alone) and after ``ddf``."""
+    """One row per non-empty label: Dice and TRE before (the ``initial`` mapping alone) and after ``ddf``; for the
+    gland also the 95% Hausdorff distance of the surfaces (mm; None for landmarks)."""
     if pair.moving_label is None:
         raise LeancnnError(f"pair '{pair.id}' has no labels to evaluate")
     spacing = np.asarray(pair.fixed_spacing, dtype=np.float64)
@@ -389,14 +439,34 @@ def score_pair(pair: RegistrationPair, ddf: torch.Tensor, initial: str) -> list[
         if k in pair.empty:
             continue
         fixed = pair.fixed_label[k]
+        gland = k == GLAND
         rows.append({
-            "pair": pair.id, "label": k, "structure": "gland" if k == GLAND else "landmark",
+            "pair": pair.id, "label": k, "structure": "gland" if gland else "landmark",
             "dice_before": binary_dice(before[k], fixed), "dice_after": binary_dice(after[k], fixed),
             "tre_before_mm": centroid_distance_mm(before[k], fixed, spacing),
             "tre_after_mm": centroid_distance_mm(after[k], fixed, spacing),
+            "hd95_before_mm": hausdorff95_mm(before[k], fixed, spacing) if gland else None,
+            "hd95_after_mm": hausdorff95_mm(after[k], fixed, spacing) if gland else None,
             "fixed_voxels": int((fixed >= 0.5).sum()),
         })
     return rows
+
+
+def pair_row(pair_id: str, ddf: torch.Tensor, rows: Sequence[dict]) -> dict:
+    """One pair's summary: gland Dice and HD95, RMS of its landmark TREs (mm) before and after, and the regularity
+    of the field (the fraction of voxels whose Jacobian determinant is <= 0, and the std of log|J|)."""
+    gland = next((r for r in rows if r["structure"] == "gland"), None)
+    marks = [r for r in rows if r["structure"] == "landmark"]
+    reg = field_regularity(ddf)
+    return {"pair": pair_id,
+            "gland_dice_before": gland["dice_before"] if gland else None,
+            "gland_dice_after": gland["dice_after"] if gland else None,
+            "gland_hd95_before_mm": gland["hd95_before_mm"] if gland else None,
+            "gland_hd95_after_mm": gland["hd95_after_mm"] if gland else None,
+            "landmarks": len(marks),
+            "rms_tre_before_mm": rms([r["tre_before_mm"] for r in marks]),
+            "rms_tre_after_mm": rms([r["tre_after_mm"] for r in marks]),
+            "folding": reg["folding"], "std_log_jac": reg["std_log_jac"]}
 
 
 def quartiles(values: Sequence[float | None]) -> dict[str, float | int | None]:
@@ -411,11 +481,13 @@ def quartiles(values: Sequence[float | None]) -> dict[str, float | int | None]:
     return out
 
 
-def summarise_rows(rows: Sequence[dict]) -> dict[str, dict]:
-    """Gland Dice and landmark TRE (and gland-centroid TRE), before and after, as :func:`quartiles`."""
+def summarise_rows(rows: Sequence[dict], pairs: Sequence[dict] | None = None) -> dict[str, dict]:
+    """Gland Dice and landmark TRE (and gland-centroid TRE), before and after, as :func:`quartiles`; gland HD95;
+    the robust scores (µ-RegPro: the worst 32% of the glands / landmarks removed); with ``pairs`` (:func:`pair_row`
+    of each pair) the RMS landmark TRE per pair and the field's folding fraction and std log|J| over pairs."""
     gland = [r for r in rows if r["structure"] == "gland"]
     marks = [r for r in rows if r["structure"] == "landmark"]
-    return {
+    out = {
         "gland_dice_before": quartiles([r["dice_before"] for r in gland]),
         "gland_dice_after": quartiles([r["dice_after"] for r in gland]),
         "landmark_tre_before_mm": quartiles([r["tre_before_mm"] for r in marks]),
@@ -423,32 +495,57 @@ def summarise_rows(rows: Sequence[dict]) -> dict[str, dict]:
         "gland_tre_before_mm": quartiles([r["tre_before_mm"] for r in gland]),
         "gland_tre_after_mm": quartiles([r["tre_after_mm"] for r in gland]),
     }
+    for when in ("before", "after"):
+        out[f"gland_hd95_{when}_mm"] = quartiles([r.get(f"hd95_{when}_mm") for r in gland])
+        out[f"robust_gland_dice_{when}"] = quartiles(robust_subset([r[f"dice_{when}"] for r in gland], ROBUST_DROP))
+        out[f"robust_landmark_tre_{when}_mm"] = quartiles(robust_subset([r[f"tre_{when}_mm"] for r in marks],
+                                                                        ROBUST_DROP, higher_is_better=False))
+    if pairs is not None:
+        for when in ("before", "after"):
+            out[f"rms_tre_{when}_mm"] = quartiles([p[f"rms_tre_{when}_mm"] for p in pairs])
+        out["folding"] = quartiles([p["folding"] for p in pairs])
+        out["std_log_jac"] = quartiles([p["std_log_jac"] for p in pairs])
+    return out
+
+
+ROBUST_DROP = 0.32  # µ-RegPro's robust scores: the worst 32% removed
 
 
 def summary_rows(summary: dict[str, dict]) -> list[list[str]]:
-    def q(s: dict, digits: int) -> str:
-        if s["median"] is None:
-            return "n/a"
-        text = f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}, {s['q3']:.{digits}f}]"
+    def q(s: dict | None, digits: int, scale: float = 1.0) -> str:
+        if s is None or s["median"] is None:
+            return "n/a" if s is not None else "—"
+        text = (f"{scale * s['median']:.{digits}f} [{scale * s['q1']:.{digits}f}, "
+                f"{scale * s['q3']:.{digits}f}]")
         return text + (f" ({s['missing']} missing)" if s["missing"] else "")
 
     out = []
-    for name, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre", 2),
-                              ("gland centroid TRE (mm)", "gland_tre", 2)):
-        suffix = "_mm" if "tre" in key else ""
-        b, a = summary[f"{key}_before{suffix}"], summary[f"{key}_after{suffix}"]
+    for name, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre_mm", 2),
+                              ("gland centroid TRE (mm)", "gland_tre_mm", 2), ("gland HD95 (mm)", "gland_hd95_mm", 2),
+                              ("RMS landmark TRE per pair (mm)", "rms_tre_mm", 2),
+                              ("robust gland Dice (worst 32% out)", "robust_gland_dice", 3),
+                              ("robust landmark TRE (worst 32% out, mm)", "robust_landmark_tre_mm", 2)):
+        stem, suffix = (key[:-3], "_mm") if key.endswith("_mm") else (key, "")
+        b, a = summary.get(f"{stem}_before{suffix}"), summary.get(f"{stem}_after{suffix}")
+        if a is None:
+            continue
         out.append([name, str(a["n"]), q(b, digits), q(a, digits)])
+    if "folding" in summary:
+        out.append(["folding: voxels with |J| <= 0 (% per pair)", str(summary["folding"]["n"]), "0",
+                    q(summary["folding"], 3, 100.0)])
+        out.append(["std log|J| per pair", str(summary["std_log_jac"]["n"]), "0", q(summary["std_log_jac"], 3)])
     return out
 
 
 SUMMARY_HEADERS = ["metric", "n", "before: median [q1, q3]", "after: median [q1, q3]"]
 
 
-def write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
+def write_rows_csv(path: Path, rows: Sequence[dict], fields: Sequence[str] = CSV_FIELDS) -> None:
+    """``rows`` as CSV (``fields``: per label :data:`CSV_FIELDS`, per pair :data:`PAIR_FIELDS`); None = empty."""
     def cell(v):
         return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
 
-    lines = [list(CSV_FIELDS)] + [[cell(r[k]) for k in CSV_FIELDS] for r in rows]
+    lines = [list(fields)] + [[cell(r.get(k)) for k in fields] for r in rows]
     import io
 
     buf = io.StringIO()
@@ -458,20 +555,25 @@ def write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
 
 def register_and_score(model: nn.Module | None, pairs: PairedNifti, scale: float, device: torch.device,
                        desc: str, progress: bool, initial: str,
-                       on_pair=None) -> list[dict]:
-    """Register every pair and score every non-empty label; empty labels are left out with one warning (they are
-    ``pairs.empty_labels()``). ``on_pair(pair, ddf, rows)`` is called after each pair."""
+                       on_pair=None, infer: RegisterInferConfig | None = None,
+                       pair_rows: list | None = None) -> list[dict]:
+    """Register every pair (``infer``: test-time flips / refinement, :func:`predict_ddf`) and score every
+    non-empty label; empty labels are left out with one warning (they are ``pairs.empty_labels()``).
+    ``on_pair(pair, ddf, rows)`` is called after each pair; ``pair_rows`` (a list) receives :func:`pair_row` of
+    each pair."""
     rows: list[dict] = []
     skipped: list[str] = []
     for i in tqdm(range(len(pairs)), desc=desc, leave=False, disable=not progress):
         threads.tick()  # under threads=auto: follow the machine's load
         pair = pairs[i]
         skipped += [f"{pair.id} label {k}" for k in pair.empty]
-        ddf = predict_ddf(model, pair, scale, device, initial)
-        pair_rows = score_pair(pair, ddf, initial)
-        rows += pair_rows
+        ddf = predict_ddf(model, pair, scale, device, initial, infer)
+        pair_rows_ = score_pair(pair, ddf, initial)
+        rows += pair_rows_
+        if pair_rows is not None:
+            pair_rows.append(pair_row(pair.id, ddf, pair_rows_))
         if on_pair is not None:
-            on_pair(pair, ddf, pair_rows)
+            on_pair(pair, ddf, pair_rows_)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} empty label(s) (no voxel >= 0.5 in the moving or the fixed label): "
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
@@ -497,14 +599,25 @@ class RegisterTask(Task):
 
     def train_step(self, trainer, batch):
         dev = trainer.device
-        mov, fix, mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch)
+        mov, fix, mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch[:4])
         out = trainer.net(mov, fix)
         ddf = out["ddf"]
         warped = warp(mlab, ddf)
-        loss, label, reg = self.loss(warped, flab, ddf)
+        weights = None
+        if batch.label_mask is not None:  # data.labels=all: every label scored on its own, the gland weighted
+            weights = batch.label_mask.to(dev).clone()
+            weights[:, GLAND] *= self.cfg.loss.gland_weight
+        loss, label, reg = self.loss(warped, flab, ddf, weights)
         trainer.backward(loss)
         with torch.no_grad():
-            dice = batch_binary_dice(warped, flab)
+            if weights is None:
+                dice = batch_binary_dice(warped, flab)
+            else:  # the mean Dice of each pair's real labels
+                b, n_lab = warped.shape[:2]
+                per = batch_binary_dice(warped.reshape(b * n_lab, 1, *warped.shape[2:]),
+                                        flab.reshape(b * n_lab, 1, *flab.shape[2:])).view(b, n_lab).float()
+                m = batch.label_mask.to(dev)
+                dice = (per * m).sum(1) / m.sum(1).clamp(min=1)
         n = mov.shape[0]
         return {"n": n, "loss": loss.item() * n, "label": label.item() * n, "reg": reg.item() * n,
                 "dice": dice.sum().item()}
@@ -512,10 +625,14 @@ class RegisterTask(Task):
     def evaluate(self, trainer):
         if self.val_pairs is None:
             return {}
+        pairs: list[dict] = []
         rows = register_and_score(trainer.model, self.val_pairs, self.cfg.data.scale, trainer.device, "val",
-                                  progress_enabled(trainer.dist), self.cfg.data.initial)
-        s = summarise_rows(rows)
-        return {"val_dice": s["gland_dice_after"]["mean"], "val_tre": s["landmark_tre_after_mm"]["median"]}
+                                  progress_enabled(trainer.dist), self.cfg.data.initial, infer=self.cfg.infer,
+                                  pair_rows=pairs)
+        s = summarise_rows(rows, pairs)
+        return {"val_dice": s["gland_dice_after"]["mean"], "val_tre": s["landmark_tre_after_mm"]["median"],
+                "val_hd95": s["gland_hd95_after_mm"]["median"], "val_rms_tre": s["rms_tre_after_mm"]["median"],
+                "val_folding": s["folding"]["mean"], "val_std_log_jac": s["std_log_jac"]["mean"]}
 
 
 def _train_loader(ds: RegistrationDataset, cfg: RegisterConfig, ctx: DistContext) -> DataLoader:
@@ -549,7 +666,7 @@ class RegisterSpec(TaskSpec):
             if pairs is not None:
                 check_labelled(pairs, role)  # reads every pair: bad files are refused before anything is written
         ds = RegistrationDataset(train_pairs, "train", seed=cfg.train.seed, augment_scale=cfg.data.augment_scale,
-                                 initial=cfg.data.initial)
+                                 initial=cfg.data.initial, labels=cfg.data.labels)
         loader = _train_loader(ds, cfg, ctx)
         model = build_model(cfg, grid)
         meta = {"grid": list(grid), "splits": splits}
@@ -574,11 +691,19 @@ class RegisterSpec(TaskSpec):
         splits, model = prepared.extra["splits"], prepared.model
         out = {"kind": cfg.model.kind, "params": count_params(model), "grid": list(prepared.extra["grid"]),
                "epochs": cfg.train.epochs, "best_val_dice": _finite(trainer.best), "splits": splits}
+        rising = still_rising([r.get("val_dice") for r in trainer.history])
+        if rising is not None:
+            out["val_dice_still_rising"] = rising
+            warnings.warn(f"training stopped while the validation gland Dice was still rising ({rising}): more "
+                          f"epochs (train.epochs, now {cfg.train.epochs}) would likely register better",
+                          stacklevel=2)
         if splits["test"]:
+            pairs: list[dict] = []
             rows = register_and_score(model, prepared.extra["test_pairs"], cfg.data.scale, device, "test",
-                                      progress_enabled(ctx), cfg.data.initial)
+                                      progress_enabled(ctx), cfg.data.initial, infer=cfg.infer, pair_rows=pairs)
             write_rows_csv(run_dir / "test_per_label.csv", rows)
-            out["test"] = summarise_rows(rows)
+            write_rows_csv(run_dir / "test_per_pair.csv", pairs, PAIR_FIELDS)
+            out["test"] = summarise_rows(rows, pairs)
         return out
 
     def plot_curves(self, history, path, cfg):
@@ -612,30 +737,66 @@ def train_register(cfg: RegisterConfig, out: str | Path | None = None, resume: s
     return train_task(SPEC, cfg, out=out, resume=resume, callbacks=callbacks, quiet=quiet, force=force)
 
 
+def still_rising(values: Sequence[float | None], window: int = 5) -> str | None:
+    """A one-line reason when the last ``window`` validation values rose against the ``window`` before them by
+    more than their own spread (a least-squares slope over the last ``2 * window`` epochs that is positive and
+    larger than twice its standard error), else None; None with fewer than ``2 * window`` values."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if len(v) < 2 * window:
+        return None
+    y = np.asarray(v[-2 * window:], dtype=np.float64)
+    x = np.arange(y.size, dtype=np.float64)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    se = math.sqrt(max(resid @ resid, 0.0) / (y.size - 2) / ((x - x.mean()) @ (x - x.mean())))
+    if slope > 0 and slope > 2 * se:
+        return (f"+{slope * y.size:.3f} over the last {y.size} epochs, slope {slope:.4f} ± {se:.4f} per epoch; "
+                f"mean of the last {window} {y[-window:].mean():.3f} vs {y[:window].mean():.3f} before")
+    return None
+
+
 def _finite(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
 
 def plot_register_curves(history: Sequence[dict], path: Path, title: str = "") -> Path:
-    """Training loss and its label / regulariser terms; training and validation Dice; validation TRE."""
+    """Training loss and its label / regulariser terms; training and validation Dice; validation TRE (median
+    landmark, median per-pair RMS); validation gland HD95 and the field's folding."""
     plt = report._pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     axes[0].plot(epochs, [r["train_loss"] for r in history], label="loss")
     axes[0].plot(epochs, [r["train_label"] for r in history], label="label term")
     axes[0].plot(epochs, [r["train_reg"] for r in history], label="regulariser")
     axes[0].set(xlabel="epoch", title="training loss")
-    axes[1].plot(epochs, [r["train_dice"] for r in history], label="train (sampled label, net grid)")
-    if any(r.get("val_dice") is not None for r in history):
-        axes[1].plot(epochs, [r.get("val_dice") for r in history], "s-", ms=3, label="val gland")
+    axes[1].plot(epochs, [r["train_dice"] for r in history], label="train (sampled labels, net grid)")
+
+    def val(key):
+        return [r.get(key) for r in history]
+
+    if any(v is not None for v in val("val_dice")):
+        axes[1].plot(epochs, val("val_dice"), "s-", ms=3, label="val gland")
     axes[1].set(xlabel="epoch", ylabel="binary Dice", title="Dice", ylim=(0, 1))
-    if any(r.get("val_tre") is not None for r in history):
-        axes[2].plot(epochs, [r.get("val_tre") for r in history], "s-", ms=3, color="C3")
-    axes[2].set(xlabel="epoch", ylabel="mm", title="val landmark TRE (median)")
+    for key, name, colour in (("val_tre", "landmarks, median", "C3"), ("val_rms_tre", "RMS per pair, median", "C4")):
+        if any(v is not None for v in val(key)):
+            axes[2].plot(epochs, val(key), "s-", ms=3, color=colour, label=name)
+    axes[2].set(xlabel="epoch", ylabel="mm", title="validation TRE")
+    if any(v is not None for v in val("val_hd95")):
+        axes[3].plot(epochs, val("val_hd95"), "s-", ms=3, color="C5", label="gland HD95 (mm)")
+    axes[3].set(xlabel="epoch", ylabel="mm", title="val gland HD95; folding")
+    if any(v is not None for v in val("val_folding")):
+        twin = axes[3].twinx()
+        twin.plot(epochs, [None if v is None else 100 * v for v in val("val_folding")], ":", color="k",
+                  label="folding (% voxels)")
+        twin.set_ylabel("% voxels with |J| <= 0")
+        twin.legend(fontsize=7, loc="upper right")
     for ax in axes:
         ax.grid(alpha=0.3)
-    for ax in axes[:2]:
-        ax.legend(fontsize=8)
+    for ax in axes[:3]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if axes[3].get_legend_handles_labels()[0]:
+        axes[3].legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title)
     return report.save_figure(fig, path)
@@ -701,7 +862,7 @@ def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str = "", intent: str 
     return img
 
 
-EVALUATE_FILES = ("per_label.csv", "summary.json", "summary.md")  # and pairs/<id>.png
+EVALUATE_FILES = ("per_label.csv", "per_pair.csv", "summary.json", "summary.md")  # and pairs/<id>.png
 
 
 def check_output_folder(out: str | Path, checkpoint: str | Path | None, data: str | Path) -> Path:
@@ -711,8 +872,16 @@ def check_output_folder(out: str | Path, checkpoint: str | Path | None, data: st
     return check_output_dir(check_output(out, inputs, "-o"))
 
 
+def infer_config(cfg: RegisterConfig, overrides: dict | None) -> RegisterInferConfig:
+    """The run's ``infer`` section with the command line's values (``{"tta": ..., "refine_steps": ...}``; None
+    values are not given) on top, checked as a config is (a negative --refine is refused in one line)."""
+    base = asdict(cfg.infer)
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(RegisterInferConfig, base)
+
+
 def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
-                   force: bool = False, progress: bool | None = None) -> list[str]:
+                   force: bool = False, progress: bool | None = None, infer: dict | None = None) -> list[str]:
     """``leancnn register predict``: for every pair of ``data`` (images only; labels are warped when the folder
     has them), write on the fixed grid, with the fixed image's header affine:
 
@@ -725,20 +894,21 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
     out = check_output_folder(out, checkpoint, data)
     dev = resolve_device(device)
     model, cfg = load_register_model(checkpoint, dev, "leancnn register predict")
+    inf = infer_config(cfg, infer)
     pairs = open_pairs(cfg, None, labels=None, root=data)
     if progress is None:
         progress = progress_enabled(DistContext())
     with staged_dir(out, force) as tmp:
         for i in tqdm(range(len(pairs)), desc="register", disable=not progress):
             pair = pairs[i]
-            ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial)
+            ddf = predict_ddf(model, pair, cfg.data.scale, dev, cfg.data.initial, inf)
             matrix = pair_initial_map(pair, cfg.data.initial)
             aff = pair.fixed_affine
             field = ddf[0].permute(1, 2, 3, 0).numpy()[:, :, :, None, :].astype(np.float32)
             _nifti(field, aff, "ddf, fixed voxels: moving index = M (q + d), M in _ddf.json", "vector") \
                 .to_filename(tmp / f"{pair.id}_ddf.nii.gz")
             atomic_write_json(tmp / f"{pair.id}_ddf.json", {
-                "units": "fixed-grid voxels", "initial": cfg.data.initial,
+                "units": "fixed-grid voxels", "initial": cfg.data.initial, "infer": asdict(inf),
                 "fixed_to_moving_voxel": matrix.tolist(),
                 "meaning": "fixed voxel q corresponds to moving voxel M @ (q + ddf(q)), M = fixed_to_moving_voxel",
                 "moving_affine": np.asarray(pair.moving_affine).tolist(),
@@ -753,7 +923,8 @@ def predict_folder(checkpoint: str | Path, data: str | Path, out: str | Path, de
 
 def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | Path, device: str = "auto",
                     split: str = "all", pictures: bool = True, force: bool = False,
-                    progress: bool | None = None, quiet: bool = False, initial: str | None = None) -> dict:
+                    progress: bool | None = None, quiet: bool = False, initial: str | None = None,
+                    infer: dict | None = None) -> dict:
     """``leancnn register evaluate``: register every labelled pair (``checkpoint=None``: no registration) and write
     ``per_label.csv`` (one row per pair and non-empty label), ``summary.json`` / ``summary.md`` (gland Dice and
     landmark TRE, medians and quartiles, before and after) and ``pairs/<id>.png`` overlays. ``split``: ``all``
@@ -769,6 +940,11 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
     else:
         model, cfg, state = load_register_state(checkpoint, dev, "leancnn register evaluate")
         method = f"{cfg.model.kind} network ({count_params(model):,} parameters) from {checkpoint}"
+    inf = infer_config(cfg, infer)
+    extras = (["flips"] if inf.tta == "flips" else []) + \
+        ([f"{inf.refine_steps} refinement steps ({inf.refine_similarity})"] if inf.refine_steps else [])
+    if model is not None and extras:
+        method += f"; test-time {', '.join(extras)}"
     if split not in ("all", "test", "val"):
         raise LeancnnError(f"--split must be all, test or val, got {split!r}")
     ids, source = None, None
@@ -781,13 +957,15 @@ def evaluate_folder(checkpoint: str | Path | None, data: str | Path, out: str | 
         def picture(pair, ddf, pair_rows):
             overlay_figure(pair, ddf, pair_rows, tmp / "pairs" / f"{pair.id}.png", initial=cfg.data.initial)
 
+        per_pair: list[dict] = []
         rows = register_and_score(model, pairs, cfg.data.scale, dev, "evaluate", progress, cfg.data.initial,
-                                  picture if pictures else None)
+                                  picture if pictures else None, infer=inf, pair_rows=per_pair)
         skipped = [f"{pid} label {k}" for pid, ks in pairs.empty_labels().items() for k in ks]
         summary = {"method": method, "data": str(data), "split": split, "pairs": len(pairs),
                    **({"split_ids": list(pairs.ids), "split_source": source} if source else {}),
-                   "skipped_empty_labels": skipped, **summarise_rows(rows)}
+                   "infer": asdict(inf), "skipped_empty_labels": skipped, **summarise_rows(rows, per_pair)}
         write_rows_csv(tmp / "per_label.csv", rows)
+        write_rows_csv(tmp / "per_pair.csv", per_pair, PAIR_FIELDS)
         atomic_write_json(tmp / "summary.json", summary)
         table = report.format_table(summary_rows(summary), SUMMARY_HEADERS, markdown=True)
         atomic_write_text(tmp / "summary.md", f"# Registration evaluation\n\n{method}; {len(pairs)} pairs of "

@@ -244,7 +244,10 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
 
 # Keys added after runs were first cached: left out of a fingerprint while at their default, so that the runs of
 # earlier versions keep their fingerprints (and are reused).
-LATER_DEFAULTS = {"model.pruned": {}, "model.init": ""}
+LATER_DEFAULTS = {"model.pruned": {}, "model.init": "",
+                  # register's inference section (issue 21)
+                  "infer.tta": "none", "infer.refine_steps": 0, "infer.refine_similarity": "mind",
+                  "infer.refine_weight": 0.5, "infer.refine_lr": 0.1}
 
 
 def fingerprint(cfg: Any, data: dict[str, str]) -> dict:

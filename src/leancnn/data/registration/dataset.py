@@ -36,10 +36,11 @@ from ...nn.warp import INITIAL_MAPPINGS, initial_map, resize_volume, warp
 from .augment import augment_pair
 from .nifti import PairedNifti, RegistrationPair, _few
 
-__all__ = ["MODES", "RegistrationDataset", "RegistrationSample", "collate_pairs", "pair_initial_map",
+__all__ = ["LABEL_SAMPLING", "MODES", "RegistrationDataset", "RegistrationSample", "collate_pairs", "pair_initial_map",
            "resize_to_grid", "to_fixed_grid"]
 
 MODES = ("train", "eval", "predict")
+LABEL_SAMPLING = ("one", "all")  # training: one label drawn per pair per epoch (label-reg), or every label
 
 
 def resize_to_grid(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -64,12 +65,16 @@ def to_fixed_grid(x: torch.Tensor, shape: Sequence[int], matrix: np.ndarray | No
 
 
 class RegistrationSample(NamedTuple):
-    """``(1, X, Y, Z)`` float32 tensors on the fixed grid (batched: ``(B, 1, X, Y, Z)``); labels None in predict."""
+    """``(1, X, Y, Z)`` float32 tensors on the fixed grid (batched: ``(B, 1, X, Y, Z)``); labels None in predict.
+    With ``labels="all"`` the labels are ``(L, X, Y, Z)`` (batched: ``(B, L, X, Y, Z)``, padded with empty
+    channels to the batch's largest L) and ``label_mask`` ``(L,)`` (batched ``(B, L)``) is 1 for a real label, 0
+    for padding or an empty label; None with one drawn label."""
 
     moving_image: torch.Tensor
     fixed_image: torch.Tensor
     moving_label: torch.Tensor | None
     fixed_label: torch.Tensor | None
+    label_mask: torch.Tensor | None = None
 
 
 class RegistrationDataset(Dataset):
@@ -84,7 +89,7 @@ class RegistrationDataset(Dataset):
     """
 
     def __init__(self, pairs: PairedNifti, mode: str = "train", seed: int = 0, augment_scale: float = 0.0,
-                 skip_empty: bool = True, *, initial: str):
+                 skip_empty: bool = True, *, initial: str, labels: str = "one"):
         if mode not in MODES:
             raise LeancnnError(f"unknown dataset mode '{mode}'; choose from: {', '.join(MODES)}")
         if mode != "predict" and not pairs.has_labels:
@@ -96,9 +101,15 @@ class RegistrationDataset(Dataset):
             raise LeancnnError(f"augment_scale must be in [0, 1), got {augment_scale}")
         if initial not in INITIAL_MAPPINGS:
             raise LeancnnError(f"unknown initial mapping '{initial}'; choose from: {', '.join(INITIAL_MAPPINGS)}")
+        if labels not in LABEL_SAMPLING:
+            raise LeancnnError(f"unknown label sampling '{labels}'; choose from: {', '.join(LABEL_SAMPLING)}")
+        if labels != "one" and mode != "train":
+            raise LeancnnError(f"label sampling '{labels}' is for training only (mode '{mode}')")
+        self.labels = labels
         self.pairs, self.mode, self.seed, self.initial = pairs, mode, int(seed), initial
         self.augment_scale, self.skip_empty = float(augment_scale), skip_empty
         self.epoch = 0
+        self._grid_cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.index: list[tuple[int, int]] = pairs.label_pairs(skip_empty) if mode == "eval" else []
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,6 +130,22 @@ class RegistrationDataset(Dataset):
             choices = [k for k in choices if k not in pair.empty] or choices
         return choices[int(rng.integers(len(choices)))], rng
 
+    def _on_fixed_grid(self, i: int, pair: RegistrationPair) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moving image ``(1, X, Y, Z)`` and labels ``(L, X, Y, Z)`` (None without labels) on the fixed grid by
+        the initial mapping. Training keeps them (deterministic; every epoch reads every pair again): the
+        resampling costs about as much as a CPU training step of the default network."""
+        if i in self._grid_cache:
+            return self._grid_cache[i]
+        shape = pair.fixed_image.shape
+        matrix = None if self.initial == "corners" else pair_initial_map(pair, self.initial)
+        mov = to_fixed_grid(torch.from_numpy(pair.moving_image)[None], shape, matrix)
+        mlab = None
+        if pair.moving_label is not None and self.mode != "predict":
+            mlab = to_fixed_grid(torch.from_numpy(pair.moving_label), shape, matrix).clamp_(0, 1)
+        if self.mode == "train":
+            self._grid_cache[i] = (mov, mlab)
+        return mov, mlab
+
     def __getitem__(self, j: int) -> RegistrationSample:
         if self.mode == "eval":
             i, k = self.index[j]
@@ -127,18 +154,21 @@ class RegistrationDataset(Dataset):
             i = self.pairs.index_of(j)
             pair = self.pairs[i]
             k, rng = self._draw(i, pair) if self.mode == "train" else (None, None)
-        shape = pair.fixed_image.shape
-        matrix = None if self.initial == "corners" else pair_initial_map(pair, self.initial)
-        mov = to_fixed_grid(torch.from_numpy(pair.moving_image)[None], shape, matrix)
+        mov, all_mlab = self._on_fixed_grid(i, pair)
         fix = torch.from_numpy(pair.fixed_image)[None]
         if k is None:
             return RegistrationSample(mov, fix, None, None)
-        mlab = to_fixed_grid(torch.from_numpy(pair.moving_label[k])[None], shape, matrix).clamp_(0, 1)
-        flab = torch.from_numpy(pair.fixed_label[k])[None]
+        mask = None
+        if self.labels == "all":  # every label of the pair; empty ones masked out of the loss
+            mlab, flab = all_mlab, torch.from_numpy(pair.fixed_label)
+            mask = torch.tensor([0.0 if (self.skip_empty and j in pair.empty) else 1.0
+                                 for j in range(pair.num_labels)])
+        else:
+            mlab, flab = all_mlab[k:k + 1], torch.from_numpy(pair.fixed_label[k])[None]
         if self.augment_scale > 0:
             mov, fix, mlab, flab = (v[0] for v in augment_pair(mov[None], fix[None], mlab[None], flab[None],
                                                                  self.augment_scale, rng))
-        return RegistrationSample(mov, fix, mlab, flab)
+        return RegistrationSample(mov, fix, mlab, flab, mask)
 
 
 def collate_pairs(batch: Sequence[RegistrationSample]) -> RegistrationSample:
@@ -150,8 +180,14 @@ def collate_pairs(batch: Sequence[RegistrationSample]) -> RegistrationSample:
         raise LeancnnError(f"cannot batch pairs of different fixed shapes {_few([str(s) for s in shapes])}: "
                            f"use batch size 1 or resample the fixed images to one shape")
     out = []
+    width = max((s.moving_label.shape[0] for s in batch if s.moving_label is not None), default=1)
     for field_ in RegistrationSample._fields:
         vals = [getattr(s, field_) for s in batch]
-        out.append(None if any(v is None for v in vals) else torch.stack(vals))
+        if any(v is None for v in vals):
+            out.append(None)
+            continue
+        if field_ in ("moving_label", "fixed_label", "label_mask") and width > 1:  # pad to the largest L
+            vals = [torch.cat([v, v.new_zeros((width - v.shape[0], *v.shape[1:]))]) for v in vals]
+        out.append(torch.stack(vals))
     return RegistrationSample(*out)
 
