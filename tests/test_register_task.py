@@ -466,9 +466,11 @@ def test_validation_logs_the_new_metrics_and_warns_when_dice_still_rises(trained
     assert R.still_rising([0.8 - 0.01 * i for i in range(12)]) is None
 
 
-def test_training_with_every_label_per_step(phantoms, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["loss.full_grid=true", "loss.boundary_weight=1"],
+                                   ["model.kind=composite", "model.compose=warp"]])
+def test_training_with_every_label_per_step(phantoms, tmp_path, extra):
     cfg = load_config(None, [f"data.root={phantoms}", *TINY, "train.epochs=2", "data.labels=all",
-                             "loss.gland_weight=2"], cls=RegisterConfig)
+                             "loss.gland_weight=2", *extra], cls=RegisterConfig)
     summary = R.train_register(cfg, out=tmp_path / "all", quiet=True)
     lines = [json.loads(s) for s in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(0 <= r["train_dice"] <= 1 for r in lines)

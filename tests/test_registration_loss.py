@@ -208,3 +208,29 @@ def test_gaussian_smoothing_is_the_zero_padded_convolution():
             pad[axis] = tail
             out = F.conv3d(out, k.view(view).to(D), padding=tuple(pad))
         torch.testing.assert_close(gaussian_smooth(x, sigma), out.reshape(x.shape))
+
+
+def test_signed_distance_and_the_boundary_term():
+    """The signed distance map of a cube, in voxels over the grid's size: minus the distance to the nearest outside
+    voxel inside, the distance to the cube outside; the boundary term is lowest for the exact overlap, rises with
+    the shift, and is added to the label term with its weight."""
+    from leancnn.losses.registration import boundary_loss, signed_distance
+
+    c = cube((3, 3, 3), 4)
+    sdm = signed_distance(c)
+    n = float(max(SHAPE))
+    assert sdm[0, 0, 4, 4, 4] * n == pytest.approx(-2.0)  # 2 voxels from the nearest outside voxel
+    assert sdm[0, 0, 2, 4, 4] * n == pytest.approx(1.0)  # 1 voxel from the cube
+    assert sdm[0, 0, 0, 4, 4] * n == pytest.approx(3.0)
+    assert torch.equal(signed_distance(torch.zeros(1, 1, *SHAPE, dtype=D)), torch.zeros(1, 1, *SHAPE, dtype=D))
+    exact = float(boundary_loss(c, sdm))
+    shifted = [float(boundary_loss(cube((3 + k, 3, 3), 4), sdm)) for k in (1, 2, 4)]
+    assert exact < shifted[0] < shifted[1] < shifted[2] and shifted[2] > 0 > exact
+    plain = RegistrationLoss("dice", (0.0,), "bending", 0.0)
+    with_b = RegistrationLoss("dice", (0.0,), "bending", 0.0, boundary_weight=2.0)
+    moved = cube((5, 3, 3), 4)
+    ddf = torch.zeros(1, 3, *SHAPE, dtype=D)
+    assert float(with_b(moved, c, ddf).label) == pytest.approx(float(plain(moved, c, ddf).label)
+                                                                + 2.0 * float(boundary_loss(moved, sdm)))
+    with pytest.raises(ValueError, match="boundary_weight"):
+        RegistrationLoss(boundary_weight=-1.0)

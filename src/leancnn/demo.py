@@ -296,13 +296,17 @@ def register_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> t
     rows, pics = [], []
     for split in ("train", "test"):
         pairs = reg.open_pairs(rcfg, summary["splits"][split])
+        per_pair: list[dict] = []
         s = reg.summarise_rows(reg.register_and_score(model, pairs, rcfg.data.scale, device, "register", False,
-                                                        rcfg.data.initial))
+                                                        rcfg.data.initial, pair_rows=per_pair), per_pair)
         name = "training pairs" if split == "train" else "held-out pairs"
-        for metric, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre", 2)):
-            suffix = "_mm" if "tre" in key else ""
+        for metric, key, digits in (("gland Dice", "gland_dice", 3), ("landmark TRE (mm)", "landmark_tre", 2),
+                                    ("gland HD95 (mm)", "gland_hd95", 2)):
+            suffix = "_mm" if "tre" in key or "hd95" in key else ""
             b, a = s[f"{key}_before{suffix}"], s[f"{key}_after{suffix}"]
             rows.append([name, metric, str(a["n"]), f"{b['median']:.{digits}f}", f"{a['median']:.{digits}f}"])
+        rows.append([name, "folding (% voxels, |J| <= 0)", str(s["folding"]["n"]), "0",
+                     f"{100 * s['folding']['median']:.3f}"])
         pair = pairs[0]
         ddf = reg.predict_ddf(model, pair, rcfg.data.scale, device, rcfg.data.initial)
         path = out / f"register_{split}.png"

@@ -120,8 +120,9 @@ class RegisterDataConfig:
     split_seed: int = rule(0, ge=0, lt=SEED_MAX)
     scale: float = rule(0.5, gt=0.0, le=1.0)  # the network's grid = round(scale * fixed shape); the DDF is upsampled
     augment_scale: float = rule(0.1, ge=0.0, lt=1.0)  # random affine augmentation (label-reg: 0.1); 0 = off
-    # labels per image pair per step: one drawn uniformly (label-reg) or all of them, each scored on its own
-    labels: Literal["one", "all"] = "one"
+    # labels per image pair per step: all of them, each scored on its own (measured better on MR-US, issue 21), or
+    # one drawn uniformly (label-reg)
+    labels: Literal["one", "all"] = "all"
     batch_size: int = rule(4, ge=1)
     num_workers: int = rule(0, ge=0, runtime=True)
     # keys of earlier versions, accepted and dropped when read (older checkpoints and configs hold them)
@@ -147,6 +148,11 @@ class RegisterLossConfig:
     weight: float = rule(0.5, ge=0.0)  # label-reg: 0.5 (bending)
     # with data.labels=all: the gland's weight against each landmark's 1 in a pair's mean label term
     gland_weight: float = rule(1.0, gt=0.0)
+    # + this weight x the boundary loss (warped label x the fixed label's signed distance map); 0 = off
+    boundary_weight: float = rule(0.0, ge=0.0)
+    # the label term on the full fixed grid (the DDF upsampled, sigmas scaled by 1 / data.scale to the same mm)
+    # instead of the network's grid; the regulariser stays on the network's grid
+    full_grid: bool = False
 
 
 @dataclass
@@ -181,8 +187,8 @@ class RegisterScheduleConfig(ScheduleConfig):
 
 @dataclass
 class RegisterTrainConfig(TrainConfig):
-    # one epoch = one pass over the training pairs (one label drawn per pair)
-    epochs: int = rule(100, ge=1, resumable=True)
+    # one epoch = one pass over the training pairs
+    epochs: int = rule(200, ge=1, resumable=True)
     memory_format: Literal["auto", "channels_last", "contiguous"] = rule("contiguous", runtime=True)  # 3-D nets
 
 
@@ -593,16 +599,23 @@ class RegisterTask(Task):
     def __init__(self, cfg: RegisterConfig, grid: Sequence[int], val_pairs: PairedNifti | None = None):
         self.cfg, self.grid, self.val_pairs = cfg, tuple(grid), val_pairs
         self.loss = RegistrationLoss.from_config(cfg.loss)
+        if cfg.loss.full_grid and cfg.data.scale != 1:  # the same smoothing in mm on the finer grid
+            self.loss.sigmas = tuple(sg / cfg.data.scale for sg in self.loss.sigmas)
 
     def start_epoch(self, trainer):
         trainer.train_loader.dataset.set_epoch(trainer.epoch)  # new label draws and augmentations
 
     def train_step(self, trainer, batch):
         dev = trainer.device
-        mov, fix, mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch[:4])
+        mov, fix = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch[:2])
         out = trainer.net(mov, fix)
         ddf = out["ddf"]
-        warped = warp(mlab, ddf)
+        if self.cfg.loss.full_grid:  # labels on the fixed grid, the DDF brought to it
+            mlab, flab = (t.to(dev, non_blocking=True) for t in batch[2:4])
+            warped = warp(mlab, resize_ddf(ddf, flab.shape[2:]))
+        else:
+            mlab, flab = (resize_volume(t.to(dev, non_blocking=True), self.grid) for t in batch[2:4])
+            warped = warp(mlab, ddf)
         weights = None
         if batch.label_mask is not None:  # data.labels=all: every label scored on its own, the gland weighted
             weights = batch.label_mask.to(dev).clone()

@@ -245,8 +245,8 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
 # Keys added after runs were first cached: left out of a fingerprint while at their default, so that the runs of
 # earlier versions keep their fingerprints (and are reused).
 LATER_DEFAULTS = {"model.pruned": {}, "model.init": "",
-                  # register's inference section (issue 21)
-                  "infer.tta": "none", "infer.refine_steps": 0, "infer.refine_similarity": "mind",
+                  # register's inference section and boundary term (issue 21)
+                  "loss.boundary_weight": 0.0, "loss.full_grid": False, "infer.tta": "none", "infer.refine_steps": 0, "infer.refine_similarity": "mind",
                   "infer.refine_weight": 0.5, "infer.refine_lr": 0.1}
 
 
