@@ -305,7 +305,7 @@ def register_section(cfg: ExperimentConfig, out: Path, force: bool = False) -> t
             suffix = "_mm" if "tre" in key or "hd95" in key else ""
             b, a = s[f"{key}_before{suffix}"], s[f"{key}_after{suffix}"]
             rows.append([name, metric, str(a["n"]), f"{b['median']:.{digits}f}", f"{a['median']:.{digits}f}"])
-        rows.append([name, "folding (% voxels, |J| <= 0)", str(s["folding"]["n"]), "0",
+        rows.append([name, "folding (% voxels, det J <= 0)", str(s["folding"]["n"]), "0",
                      f"{100 * s['folding']['median']:.3f}"])
         pair = pairs[0]
         ddf = reg.predict_ddf(model, pair, rcfg.data.scale, device, rcfg.data.initial)

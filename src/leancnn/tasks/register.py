@@ -537,9 +537,9 @@ def summary_rows(summary: dict[str, dict]) -> list[list[str]]:
             continue
         out.append([name, str(a["n"]), q(b, digits), q(a, digits)])
     if "folding" in summary:
-        out.append(["folding: voxels with |J| <= 0 (% per pair)", str(summary["folding"]["n"]), "0",
+        out.append(["folding: % voxels with det J <= 0 per pair", str(summary["folding"]["n"]), "0",
                     q(summary["folding"], 3, 100.0)])
-        out.append(["std log|J| per pair", str(summary["std_log_jac"]["n"]), "0", q(summary["std_log_jac"], 3)])
+        out.append(["std log det J per pair", str(summary["std_log_jac"]["n"]), "0", q(summary["std_log_jac"], 3)])
     return out
 
 
