@@ -426,6 +426,7 @@ def study_report(args, jobs, summaries) -> None:
     text = format_table(table, headers, markdown=True)
     out = bench_dir("registration_cv")
     (out / "study.json").write_text(json.dumps({"headers": headers, "rows": table}, indent=1))
+    study_figure([(name, results[name][0]) for name, *_ in methods])
     note = (f"Each variant trained on folds {', '.join(map(str, range(args.study_folds)))} of the 4-fold split by "
             f"pair ({args.study_epochs} epochs of the 60 training pairs unless named, batch 4, one thread per "
             f"training), scored on its test fold with the same code, pooled. \"Improved\": the share of the same "
@@ -440,7 +441,28 @@ def study_report(args, jobs, summaries) -> None:
             f"2 cores, so they are upper bounds that moved with the load.")
     if not args.no_doc:
         write_section("results.md", "registration-study", "Registration: what limits accuracy (issue 21)",
-                      f"{text}\n\n{note}")
+                      f"{text}\n\n{note}\n\n![gland Dice and landmark TRE of every variant]"
+                      f"(img/registration_study.png)")
+
+
+def study_figure(rows_by_name: list[tuple[str, list[dict]]]) -> None:
+    """Box plots of the test glands' Dice and the landmarks' TRE of every row of the study table."""
+    plt = _pyplot()
+    names = [n for n, _ in rows_by_name]
+    dice = [[r["dice_after"] for r in rows if r["structure"] == "gland" and r["dice_after"] is not None]
+            for _, rows in rows_by_name]
+    tre = [[r["tre_after_mm"] for r in rows if r["structure"] == "landmark" and r["tre_after_mm"] is not None]
+           for _, rows in rows_by_name]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.34 * len(names) + 1.6), sharey=True)
+    for ax, data, title in ((axes[0], dice, "gland Dice (right is better)"),
+                            (axes[1], tre, "landmark TRE, mm (left is better)")):
+        ax.boxplot(data, vert=False, widths=0.6, showfliers=False)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(range(1, len(names) + 1), names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    save_figure(fig, ROOT / "docs" / "img" / "registration_study.png")
 
 
 def summarise_register(rows, pairs):
