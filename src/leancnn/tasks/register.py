@@ -2,9 +2,10 @@
 evaluate. See docs/registration.md.
 
 A network (:mod:`leancnn.models.regnet`: local, global = affine, or composite) predicts a dense displacement field
-(DDF) from an unlabelled image pair; during training only, one pair of corresponding labels per image pair drives
-the loss: multi-scale soft Dice (or label cross-entropy) between the warped moving label and the fixed label, plus
-a smoothness regulariser (bending energy, weight 0.5, by default).
+(DDF) from an unlabelled image pair; during training only, corresponding labels drive the loss (every label of a
+pair in every step by default, ``data.labels``; label-reg draws one): multi-scale soft Dice (or label
+cross-entropy; optionally plus a boundary term) between the warped moving label and the fixed label, plus a
+smoothness regulariser (bending energy, weight 0.5, by default).
 
 **Geometry** (the conventions are in :mod:`leancnn.nn.warp`). Before the network, the moving volume is mapped
 onto the fixed grid by ``data.initial``: ``centre`` (the default) aligns the volumes' centres and keeps millimetres
@@ -17,20 +18,24 @@ label, on its own grid, is sampled at ``(q + ddf(q))`` mapped into the moving vo
 ``ddf`` is in fixed-grid voxel units (with ``corners``: the fixed voxel ``q`` corresponds to the moving voxel
 ``(q + ddf(q)) * (N_moving - 1) / (N_fixed - 1)`` per axis).
 
-**Metrics** (:func:`score_pair`): binary Dice at 0.5 and the target registration error = distance between the
-centroids of the thresholded warped-moving and fixed labels, in mm from the fixed header's voxel spacing; for
-every label of every pair, before (the moving label under the initial mapping, no registration) and after. Label 0 is
+**Metrics** (:func:`score_pair`, :func:`pair_row`): binary Dice at 0.5 and the target registration error = distance
+between the centroids of the thresholded warped-moving and fixed labels, in mm from the fixed header's voxel
+spacing; for every label of every pair, before (the moving label under the initial mapping, no registration) and
+after; the gland's 95% Hausdorff distance, the RMS of a pair's landmark TREs, the robust scores (worst 32%
+removed) and the field's folding and std log|J| (:mod:`leancnn.losses.registration_metrics`). Label 0 is
 the gland (Dice), the others landmarks (TRE), as in the MR-US data. An empty label (no voxel >= 0.5 in the moving
 or the fixed volume) is skipped with a warning and never enters a summary; a registered label that comes out empty
 has no centroid: its TRE is missing (counted in the summary), never 0 or NaN.
 
 **Training** (schema: :class:`RegisterConfig`, below) goes through the shared lifecycle and the one engine with
-:class:`RegisterTask`: one step = one batch of image pairs, each with one label pair drawn for this epoch
-(:class:`RegistrationDataset`), resized to the network grid, optionally affine-augmented. The validation pairs
+:class:`RegisterTask`: one step = one batch of image pairs, each with all its labels (``data.labels: all``) or one
+label pair drawn for this epoch (:class:`RegistrationDataset`), resized to the network grid, optionally
+affine-augmented. The validation pairs
 (``data.val_pairs`` of the training pairs, seeded) are registered each epoch: ``val_dice`` (mean gland Dice) picks
-``best.pt``; ``val_tre`` (median landmark TRE, mm) is printed and logged. With ``data.fold >= 0`` fold ``fold`` of
-a k-fold split by pair is the test set, never seen in training, and is evaluated at the end (``test_per_label.csv``
-and ``summary.json``). The split's ids are recorded in every checkpoint (``meta.splits``, with a content digest of
+``best.pt``; ``val_tre`` (median landmark TRE, mm), ``val_hd95``, ``val_rms_tre``, ``val_folding`` and
+``val_std_log_jac`` are printed and logged, and a run that ends while ``val_dice`` still rises is warned about
+(:func:`still_rising`). With ``data.fold >= 0`` fold ``fold`` of a k-fold split by pair is the test set, never seen
+in training, and is evaluated at the end (``test_per_label.csv``, ``test_per_pair.csv`` and ``summary.json``). The split's ids are recorded in every checkpoint (``meta.splits``, with a content digest of
 the validation and test files) and in ``summary.json``; ``evaluate --split val|test`` scores exactly those pairs
 (:func:`run_split`). Every pair that training reads is read and checked before anything is written, and a pair
 whose labels are all empty is refused (:func:`check_labelled`).
@@ -1071,5 +1076,5 @@ def overlay_figure(pair: RegistrationPair, ddf: torch.Tensor, rows: Sequence[dic
 
 
 __all__ = ["RegisterTask", "build_model", "check_labelled", "evaluate_folder", "load_register_state", "net_shape",
-           "overlay_figure", "predict_ddf", "predict_folder", "register_and_score", "run_split", "score_pair",
-           "split_ids", "summarise_rows", "train_register"]
+           "infer_config", "overlay_figure", "pair_row", "predict_ddf", "predict_folder", "register_and_score", "run_split",
+           "score_pair", "split_ids", "still_rising", "summarise_rows", "train_register"]

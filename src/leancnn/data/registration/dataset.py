@@ -4,7 +4,8 @@
 ``mode="train"``: one item per image pair, with *one* label pair drawn uniformly from that pair's labels
 (label-reg's two-stage sampling: the DataLoader's shuffle picks image pairs, the dataset picks a label). The draw is
 seeded by ``(seed, epoch, pair index)``: call :meth:`RegistrationDataset.set_epoch` every epoch for new draws (the
-same numbers with any number of workers); ``augment_scale > 0`` adds the random affine augmentation of
+same numbers with any number of workers); ``labels="all"`` gives every label of the pair instead, with a mask of
+the real ones (:class:`RegistrationSample`); ``augment_scale > 0`` adds the random affine augmentation of
 :mod:`.augment`. ``mode="eval"``: one item per (pair, label), all labels, empty ones skipped with a warning;
 ``dataset.index[j]`` tells which. ``mode="predict"``: one item per pair, images only.
 
