@@ -36,9 +36,10 @@ from _common import ROOT, bench_dir, write_section  # noqa: E402
 
 from leancnn.config import load_config  # noqa: E402
 from leancnn.report import _pyplot, format_table, save_figure  # noqa: E402
-from leancnn.tasks.register import (
+from leancnn.tasks.register import (  # noqa: E402
     RegisterConfig,
-    quartiles,  # noqa: E402
+    quartiles,
+    summarise_rows,
 )
 
 DATA = ROOT.parent / "shared" / "data" / "mrus"
@@ -150,17 +151,10 @@ def fold_spread(rows_by_fold: list[list[dict]], key: str, structure: str) -> str
 
 def paired(rows: list[dict], structure: str, before: str, after: str, better: int) -> str:
     """Share of items that the method improved over no registration (centred), and the Wilcoxon signed-rank
-    p-value of the paired differences; items without a value before or after are left out."""
-    from scipy.stats import wilcoxon
-
-    pairs = [(r[before], r[after]) for r in rows if r["structure"] == structure
-             and r[before] is not None and r[after] is not None]
-    if not pairs:
-        return "—"
-    d = np.asarray([better * (a - b) for b, a in pairs])
-    if np.allclose(d, 0):
-        return "—"
-    return f"{100 * np.mean(d > 0):.0f}% (p = {wilcoxon(d).pvalue:.1g})"
+    p-value of the paired differences (:func:`wilcoxon_cell`); items without a value before or after are left
+    out."""
+    items = [((r["pair"], r["label"]), r) for r in rows if r["structure"] == structure]
+    return wilcoxon_cell({k: r[before] for k, r in items}, {k: r[after] for k, r in items}, better)
 
 
 def study_jobs(args) -> list[tuple]:
@@ -415,7 +409,7 @@ def study_report(args, jobs, summaries) -> None:
     for name, dirs, key, ref in methods:
         rows, pairs, sec = results[name]
         ref_rows = results[ref][0] if ref else []
-        s = summarise_register(rows, pairs)
+        s = summarise_rows(rows, pairs)
         minutes = np.mean([sum(h["train_seconds"] for h in json.loads((d / "summary.json").read_text())["history"])
                            for d in dirs]) / 60 if key != "before" else 0.0
         same = ref is None
@@ -472,12 +466,6 @@ def study_figure(rows_by_name: list[tuple[str, list[dict]]]) -> None:
     axes[0].invert_yaxis()
     fig.tight_layout()
     save_figure(fig, ROOT / "docs" / "img" / "registration_study.png")
-
-
-def summarise_register(rows, pairs):
-    from leancnn.tasks.register import summarise_rows
-
-    return summarise_rows(rows, pairs)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ class RegistrationDataset(Dataset):
     def _on_fixed_grid(self, i: int, pair: RegistrationPair) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The moving image ``(1, X, Y, Z)`` and labels ``(L, X, Y, Z)`` (None without labels) on the fixed grid by
         the initial mapping. Training keeps them (deterministic; every epoch reads every pair again): the
-        resampling costs about as much as a CPU training step of the default network."""
+        resampling costs about as much as a CPU training step of the default network. Evaluation keeps the last
+        pair only (its items, one per label, come one after another)."""
         if i in self._grid_cache:
             return self._grid_cache[i]
         shape = pair.fixed_image.shape
@@ -143,8 +144,9 @@ class RegistrationDataset(Dataset):
         mlab = None
         if pair.moving_label is not None and self.mode != "predict":
             mlab = to_fixed_grid(torch.from_numpy(pair.moving_label), shape, matrix).clamp_(0, 1)
-        if self.mode == "train":
-            self._grid_cache[i] = (mov, mlab)
+        if self.mode != "train":
+            self._grid_cache.clear()
+        self._grid_cache[i] = (mov, mlab)
         return mov, mlab
 
     def __getitem__(self, j: int) -> RegistrationSample:
