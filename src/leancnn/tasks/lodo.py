@@ -23,7 +23,7 @@ import numpy as np
 from .. import report
 from ..config import SEED_MAX, ExperimentConfig, apply_overrides, from_dict
 from ..data import DOMAINS
-from ..errors import LeancnnError
+from ..errors import ConfigError, LeancnnError
 from ..io import atomic_write_json, atomic_write_text
 from ..outputs import check_output, check_output_dir
 from .digits import check_experiment, held_out_wording, run_fingerprint
@@ -219,6 +219,8 @@ def run_lodo(base: dict, variants: dict[str, list[str]], out: str | Path, target
     be, lie inside or hold the config file (``config_file``), the ``model.init`` weights or the digit data."""
     out = check_path_arg(out, "-o")
     init = (base.get("model") or {}).get("init") if isinstance(base.get("model"), dict) else None
+    if init is not None and not isinstance(init, str):  # checked here: it is an input of the output check below
+        raise ConfigError(f"config key 'model.init': expected a string, got {type(init).__name__} {init!r}")
     check_output_dir(check_output(out, [("config file", config_file), *checkpoint_inputs(init, "model.init"),
                                         *data_inputs("digits")], "-o"))
     targets = list(domains) if targets is None else list(targets)
