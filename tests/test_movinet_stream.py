@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from helpers.movinet_weights import randomise
 
 import leancnn
 from leancnn.models.movinet import StreamingMovinet, detach_state, state_nbytes
@@ -18,19 +19,7 @@ def randomised(name: str, seed: int = 0) -> nn.Module:
     """Random weights, non-trivial BatchNorm (statistics and affine) and non-zero ReZero / positional-encoding
     scalars, in eval mode: with ReZero at its initial 0 every residual branch would be switched off."""
     torch.manual_seed(seed)
-    model = leancnn.create_model(name, num_classes=10)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-        for n, p in model.named_parameters():
-            if n.endswith(("rezero", "pos_scale")):
-                p.uniform_(0.2, 0.6, generator=g)
-    return model.eval()
+    return randomise(leancnn.create_model(name, num_classes=10), seed)
 
 
 def streamed(model, clip, sizes):

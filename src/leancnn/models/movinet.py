@@ -24,6 +24,13 @@ frame), then the classifier: 1×1×1 conv to 2048 (bias, swish, dropout) and 1×
 Parameter counts equal the reference (PyTorch counts, BN running statistics excluded): A0 3,111,799 base /
 3,748,031 stream, ..., A5 18,650,523 / 31,495,875 + 59 (``tests/test_movinet.py``).
 
+**Other architectures** (issue 22, the NAS space as data; :mod:`leancnn.search.movinet_space`): a
+:class:`MovinetSpec` may also switch squeeze-excite off per layer (no ``se`` module, no ``pool_buffer`` state) and
+use any odd kernel ``(kt, kh, kw)`` (the paper's space adds 1x7x7, 5x1x1 and 7x1x1); it has a one-line text form
+(:meth:`MovinetSpec.to_string` / :meth:`MovinetSpec.from_string`), which ``movinet_arch`` / ``movinet_arch_stream``
+take as ``arch`` (default A0), so a run with ``model.kwargs: {arch: ...}`` rebuilds from its checkpoint. They are
+the same :class:`MoViNet`: the same state API, stream parity, inference form and ONNX export.
+
 **Stream state** (stream models): ``logits, state = model.stream_step(frames, state)`` takes any number of
 frames ``T >= 1`` and a plain dict of tensors from ``model.init_state(batch, height, width)``; whatever the
 chunking, the logits equal those of the whole clip (``tests/test_movinet_stream.py``). The state, per layer
@@ -43,27 +50,151 @@ through it; ``leancnn.export.export_stream_step`` writes its graph to ONNX.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import LeancnnError
 from ..nn.causal import Conv3dSame, avg_pool2d_same, avg_pool_same, conv2d_same, cumulative_mean, stream_cumulative_mean
 from ..nn.fold import fold_conv_bn
 from ..nn.layers import make_divisible
 from .registry import register_model
 
 K13, K15, K33, K53 = (1, 3, 3), (1, 5, 5), (3, 3, 3), (5, 3, 3)
+ARCH_INPUT_SIZE = (3, 16, 32, 32)  # default input of a spec read from text: the moving-digit clips (C, T, H, W)
+_HEADER = re.compile(r"s(\d+)-p(\d+)-d(\d+)")
+_BLOCK = re.compile(r"(\d+)s(\d+):(.*)")
+_LAYER = re.compile(r"(\d+)k(\d)(\d)(\d)(n?)")
+
+
+class ArchError(LeancnnError, ValueError):
+    """A MoViNet architecture (a :class:`MovinetSpec` or its text) that cannot be built: one line naming the part."""
+
+
+def layer_entry(entry) -> tuple[int, tuple[int, int, int], bool]:
+    """``(expand, kernel, se)`` of one layer entry of ``MovinetSpec.blocks``: ``(expand, kernel)`` has
+    squeeze-excite, ``(expand, kernel, se)`` says whether. Refuses a malformed entry (:class:`ArchError`)."""
+    if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
+        raise ArchError(f"a layer must be (expand, kernel) or (expand, kernel, se), got {entry!r}")
+    expand, kernel, se = (*entry, True) if len(entry) == 2 else entry
+    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
+        raise ArchError(f"layer {tuple(entry)!r}: the expansion width must be a positive int, got {expand!r}")
+    if not isinstance(kernel, (tuple, list)) or len(kernel) != 3 or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernel):
+        raise ArchError(f"layer {tuple(entry)!r}: the kernel must be (t, h, w) of odd positive ints, got {kernel!r}")
+    if not isinstance(se, bool):
+        raise ArchError(f"layer {tuple(entry)!r}: the squeeze-excite switch must be True or False, got {se!r}")
+    return expand, tuple(kernel), se
+
+
+def _positive(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArchError(f"{what} must be a positive int, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class MovinetSpec:
+    """A MoViNet architecture: stem width, blocks, head projection width, classifier hidden width.
+
+    ``blocks``: per block ``(out channels, first-layer spatial stride (1 or 2), layers)``, each layer
+    ``(expand, (kt, kh, kw))`` (with squeeze-excite, as every published model) or ``(expand, (kt, kh, kw), se)``
+    (``se=False``: no squeeze-excite, so no ``pool_buffer`` state). Kernel sizes are odd; ``kh = kw = 1`` is a
+    per-channel scale (the NAS space's 5x1x1 / 7x1x1 temporal-only kernels).
+
+    **Text** (:meth:`to_string` / :meth:`from_string`; ``model.kwargs.arch`` of ``movinet_arch[_stream]``):
+    ``s{stem}-p{project}-d{dense}``, then per block ``|{out}s{stride}:`` and its layers separated by ``,``, each
+    ``{expand}k{t}{h}{w}`` (one digit per kernel size) with a trailing ``n`` when it has no squeeze-excite. A0::
+
+        s8-p480-d2048|8s2:24k155|32s2:80k333,80k333,80k333|56s2:184k533,112k333,184k333|
+        56s1:184k533,184k333,184k333,184k333|104s2:384k533,280k155,280k155,280k155
+
+    (one line, no spaces). ``input_size`` (the registered default input) is not part of the text: ``from_string``
+    takes it as an argument (default :data:`ARCH_INPUT_SIZE`), so ``MovinetSpec.from_string(s.to_string(),
+    s.input_size) == s`` for every spec whose layers are written in the canonical form (two entries with
+    squeeze-excite, three with ``False`` without), as the published ones are."""
+
     stem: int
-    blocks: tuple  # (out channels, first-layer spatial stride, ((expand, kernel), ...))
+    blocks: tuple  # (out channels, first-layer spatial stride, ((expand, kernel[, se]), ...))
     project: int
     dense: int = 2048
     input_size: tuple = (3, 50, 172, 172)  # the paper's eval input (C, T, H, W)
+
+    def check(self) -> "MovinetSpec":
+        """This spec if it can be built; otherwise :class:`ArchError` naming the block (0-based, as the state
+        names ``block{b}_layer{l}_``) and what is wrong."""
+        for what, v in (("stem", self.stem), ("project", self.project), ("dense", self.dense)):
+            _positive(what, v)
+        if not isinstance(self.blocks, (tuple, list)) or not self.blocks:
+            raise ArchError(f"blocks must be a non-empty tuple of (out, stride, layers), got {self.blocks!r}")
+        for b, block in enumerate(self.blocks):
+            if not isinstance(block, (tuple, list)) or len(block) != 3:
+                raise ArchError(f"block {b} must be (out channels, stride, layers), got {block!r}")
+            out, stride, layers = block
+            _positive(f"block {b}: out channels", out)
+            if isinstance(stride, bool) or stride not in (1, 2):
+                raise ArchError(f"block {b}: the stride must be 1 or 2, got {stride!r}")
+            if not isinstance(layers, (tuple, list)) or not layers:
+                raise ArchError(f"block {b}: needs at least one layer, got {layers!r}")
+            for i, entry in enumerate(layers):
+                try:
+                    layer_entry(entry)
+                except ArchError as e:
+                    raise ArchError(f"block {b} layer {i}: {e}") from None
+        return self
+
+    def to_string(self) -> str:
+        """The architecture as one line of text (the class docstring); :meth:`from_string` reads it back."""
+        self.check()
+        parts = [f"s{self.stem}-p{self.project}-d{self.dense}"]
+        for b, (out, stride, layers) in enumerate(self.blocks):
+            texts = []
+            for i, entry in enumerate(layers):
+                expand, kernel, se = layer_entry(entry)
+                if max(kernel) > 9:
+                    raise ArchError(f"block {b} layer {i}: kernel {kernel} has no text form (sizes above 9)")
+                texts.append(f"{expand}k{''.join(map(str, kernel))}{'' if se else 'n'}")
+            parts.append(f"{out}s{stride}:{','.join(texts)}")
+        return "|".join(parts)
+
+    @classmethod
+    def from_string(cls, text: str, input_size: tuple = ARCH_INPUT_SIZE) -> "MovinetSpec":
+        """The spec written by :meth:`to_string` (class docstring), in canonical form (layers with squeeze-excite
+        as ``(expand, kernel)``, without as ``(expand, kernel, False)``). Malformed text: one-line
+        :class:`ArchError` (a ``ValueError``) quoting the part that is wrong."""
+        if not isinstance(text, str):
+            raise ArchError(f"a MoViNet arch must be a string, got {type(text).__name__}")
+        example = "e.g. " + SPECS["a0"].to_string()[:40] + "..."
+        parts = text.strip().split("|")
+        head = _HEADER.fullmatch(parts[0])
+        if head is None:
+            raise ArchError(f"arch {text[:60]!r}: the header {parts[0][:40]!r} is not s{{stem}}-p{{project}}-d{{dense}} "
+                            f"({example})")
+        if len(parts) < 2:
+            raise ArchError(f"arch {text[:60]!r}: no blocks after the header ({example})")
+        stem, project, dense = map(int, head.groups())
+        blocks = []
+        for part in parts[1:]:
+            block = _BLOCK.fullmatch(part)
+            if block is None:
+                raise ArchError(f"arch: block {part[:40]!r} is not {{out}}s{{stride}}:{{layer}},... ({example})")
+            layers = []
+            for layer in block.group(3).split(","):
+                m = _LAYER.fullmatch(layer)
+                if m is None:
+                    raise ArchError(f"arch: layer {layer[:30]!r} of block {part[:40]!r} is not {{expand}}k{{t}}{{h}}{{w}} "
+                                    "with an optional n for no squeeze-excite (e.g. 80k333 or 80k155n)")
+                expand, kt, kh, kw = map(int, m.groups()[:4])
+                layers.append((expand, (kt, kh, kw)) if not m.group(5) else (expand, (kt, kh, kw), False))
+            blocks.append((int(block.group(1)), int(block.group(2)), tuple(layers)))
+        spec = cls(stem, tuple(blocks), project, dense, input_size=tuple(input_size))
+        try:
+            return spec.check()
+        except ArchError as e:
+            raise ArchError(f"arch {text[:60]!r}: {e}") from None
 
 
 def _layers(expands, kernels):
@@ -192,7 +323,7 @@ class SqueezeExcite3d(nn.Module):
 
 class MovinetLayer(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: tuple, stride: int, stream: bool,
-                 positional: bool):
+                 positional: bool, se: bool = True):
         super().__init__()
         act = nn.Hardswish if stream else nn.SiLU
         gate = nn.Hardsigmoid if stream else nn.Sigmoid
@@ -206,7 +337,7 @@ class MovinetLayer(nn.Module):
         else:
             self.feature = ConvBnAct3d(expand, expand, kernel, st, groups=expand, act=act)
             self.feature_temporal = None
-        self.se = SqueezeExcite3d(expand, act, gate, stream, positional)
+        self.se = SqueezeExcite3d(expand, act, gate, stream, positional) if se else None
         self.projection = ConvBnAct3d(expand, out_ch)
         self.rezero = nn.Parameter(torch.zeros(()))
         self.stride = stride
@@ -222,16 +353,18 @@ class MovinetLayer(nn.Module):
         y = self.feature(self.expansion(x))
         if self.feature_temporal is not None:
             y = self.feature_temporal(y)
-        return self._residual(x, self.se(y))
+        return self._residual(x, y if self.se is None else self.se(y))
 
     def state_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
         """This layer's stream state for inputs of ``height x width``: the temporal conv's buffer (at the
-        spatial conv's output resolution, (2+1)-D placement) and the SE's running sum."""
+        spatial conv's output resolution, (2+1)-D placement; only when ``kt > 1``) and the SE's running sum (only
+        with squeeze-excite)."""
         shapes = {}
         if self.feature_temporal is not None:  # TF 'same': ceil(size / stride)
             shapes["stream_buffer"] = self.feature_temporal[0].buffer_shape(batch, -(-height // self.stride),
                                                                             -(-width // self.stride))
-        shapes["pool_buffer"] = (batch, self.se.se_expand.out_channels, 1, 1, 1)
+        if self.se is not None:
+            shapes["pool_buffer"] = (batch, self.se.se_expand.out_channels, 1, 1, 1)
         return shapes
 
     def stream_step(self, x: torch.Tensor, state: dict[str, torch.Tensor], count: torch.Tensor
@@ -240,7 +373,8 @@ class MovinetLayer(nn.Module):
         y = self.feature(self.expansion(x))
         if self.feature_temporal is not None:
             y, new["stream_buffer"] = self.feature_temporal.stream(y, state["stream_buffer"])
-        y, new["pool_buffer"] = self.se.stream_step(y, state["pool_buffer"], count)
+        if self.se is not None:
+            y, new["pool_buffer"] = self.se.stream_step(y, state["pool_buffer"], count)
         return self._residual(x, y), new
 
 
@@ -330,13 +464,18 @@ class MoViNet(_StreamStateApi):
                  dropout: float = 0.2, in_chans: int = 3):
         super().__init__()
         act = nn.Hardswish if stream else nn.SiLU
+        if not isinstance(spec, MovinetSpec):
+            raise ArchError(f"spec must be a MovinetSpec, got {type(spec).__name__}")
+        spec.check()
         self.stream, self.spec, self.in_chans = stream, spec, in_chans
         self.stem = ConvBnAct3d(in_chans, spec.stem, (1, 3, 3), (1, 2, 2), act=act)
         blocks, in_ch = [], spec.stem
         for out_ch, stride, layers in spec.blocks:
             stage = []
-            for i, (expand, kernel) in enumerate(layers):
-                stage.append(MovinetLayer(in_ch, out_ch, expand, kernel, stride if i == 0 else 1, stream, positional))
+            for i, entry in enumerate(layers):
+                expand, kernel, se = layer_entry(entry)
+                stage.append(MovinetLayer(in_ch, out_ch, expand, kernel, stride if i == 0 else 1, stream, positional,
+                                          se))
                 in_ch = out_ch
             blocks.append(nn.Sequential(*stage))
         self.blocks = nn.Sequential(*blocks)
@@ -451,9 +590,14 @@ class FusedMovinetLayer(nn.Module):
             self.kt = w.shape[2]
             self.temporal_weight, self.temporal_bias = _frozen(w.flatten(1).t()), _frozen(b)  # [kt, E], [E]
         se = layer.se
-        self.se_reduce_weight, self.se_reduce_bias = _frozen(se.se_reduce.weight.flatten(1)), _frozen(se.se_reduce.bias)
-        self.se_expand_weight, self.se_expand_bias = _frozen(se.se_expand.weight.flatten(1)), _frozen(se.se_expand.bias)
-        self.pos_scale = None if se.pos_scale is None else _frozen(se.pos_scale)
+        self.has_se = se is not None
+        self.pos_scale = None
+        if se is not None:
+            self.se_reduce_weight = _frozen(se.se_reduce.weight.flatten(1))
+            self.se_reduce_bias = _frozen(se.se_reduce.bias)
+            self.se_expand_weight = _frozen(se.se_expand.weight.flatten(1))
+            self.se_expand_bias = _frozen(se.se_expand.bias)
+            self.pos_scale = None if se.pos_scale is None else _frozen(se.pos_scale)
         self.proj_weight, self.proj_bias = map(_frozen, _folded(layer.projection, layer.rezero))
         self.skip_weight = self.skip_bias = None
         if layer.skip is not None:
@@ -464,7 +608,8 @@ class FusedMovinetLayer(nn.Module):
         if self.kt > 1:
             shapes["stream_buffer"] = (batch, self.channels, self.kt - 1, -(-height // self.stride),
                                        -(-width // self.stride))
-        shapes["pool_buffer"] = (batch, self.channels, 1, 1, 1)
+        if self.has_se:
+            shapes["pool_buffer"] = (batch, self.channels, 1, 1, 1)
         return shapes
 
     def _temporal(self, y: torch.Tensor, buffer: torch.Tensor, b: int, t: int, channels_last: bool
@@ -529,7 +674,8 @@ class FusedMovinetLayer(nn.Module):
                         inplace=True)
         if self.kt > 1:
             y, new["stream_buffer"] = self._temporal(y, state["stream_buffer"], b, t, channels_last)
-        y, new["pool_buffer"] = self._excite(y, state["pool_buffer"], step, b, t)
+        if self.has_se:
+            y, new["pool_buffer"] = self._excite(y, state["pool_buffer"], step, b, t)
         y = F.conv2d(y, self.proj_weight, self.proj_bias)  # times the ReZero scalar (folded)
         if self.skip_weight is not None:
             x = F.conv2d(avg_pool2d_same(x) if self.stride > 1 else x, self.skip_weight, self.skip_bias)
@@ -692,5 +838,30 @@ for _name, _spec in SPECS.items():
     _register(_name, _spec, stream=False)
     _register(_name, _spec, stream=True)
 
-__all__ = ["FusedStreamMovinet", "MoViNet", "MovinetSpec", "SPECS", "StreamingMovinet", "detach_state", "positional_encoding",
-           "state_nbytes"]
+A0_ARCH = SPECS["a0"].to_string()
+
+
+def _register_arch(stream: bool) -> None:
+    """``movinet_arch[_stream]``: any architecture of the MoViNet space, given as ``arch`` (the text of
+    :meth:`MovinetSpec.to_string`), so a run's ``model.kwargs: {arch: ...}`` rebuilds it from a checkpoint.
+    Registered at the moving-digit clips' size (:data:`ARCH_INPUT_SIZE`), so tables over every model stay fast."""
+    kind = "stream: causal (2+1)D, 2plus3d SE" if stream else "base: 3D depthwise, global SE"
+
+    if stream:
+        def build(num_classes: int = 10, arch: str = A0_ARCH, dropout: float = 0.2, in_chans: int = 3,
+                  positional: bool = False) -> MoViNet:
+            return MoViNet(MovinetSpec.from_string(arch), num_classes, True, positional, dropout, in_chans)
+    else:
+        def build(num_classes: int = 10, arch: str = A0_ARCH, dropout: float = 0.2, in_chans: int = 3) -> MoViNet:
+            return MoViNet(MovinetSpec.from_string(arch), num_classes, False, False, dropout, in_chans)
+
+    build.__name__ = f"movinet_arch{'_stream' if stream else ''}"
+    register_model(input_size=ARCH_INPUT_SIZE, num_classes=10,
+                   description=f"MoViNet from an architecture string (arch=..., default A0), {kind}")(build)
+
+
+_register_arch(stream=False)
+_register_arch(stream=True)
+
+__all__ = ["A0_ARCH", "ARCH_INPUT_SIZE", "ArchError", "FusedStreamMovinet", "MoViNet", "MovinetSpec", "SPECS",
+           "StreamingMovinet", "detach_state", "layer_entry", "positional_encoding", "state_nbytes"]
