@@ -33,21 +33,18 @@ from typing import Callable, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Subset
 
 from .. import report
-from ..config import SEED_MAX, ExperimentConfig, derive, dump_config, from_dict, rule, to_dict
-from ..data.digits import SIZE
+from ..config import SEED_MAX, ExperimentConfig, dump_config, rule, to_dict
 from ..errors import ConfigError, LeancnnError
 from ..io import atomic_write_json
 from ..nn.counting import count_macs, count_params
 from ..outputs import check_output, check_output_dir, record_outputs, staged_dir
-from ..train import load_checkpoint, save_checkpoint
 from .digits import build_datasets, test_model
-from .lifecycle import train_task
-from .protocol import get_task
+from .pruning import INPUT, accuracy, fixed_batches, load_source, recalibrate_bn, save_pruned
+from .pruning import finetune as _finetune
+from .pruning import finetune_config as _finetune_config
 
-INPUT = (3, SIZE, SIZE)
 PRUNE_FILES = ("scores.npz", "criteria_correlation.png", "pruned.pt", "config.yaml", "summary.json")
 ANALYSE_FILES = ("criteria_correlation.png", "clustering.json")
 
@@ -71,6 +68,10 @@ class PruneSearchConfig:
     buckets: int = rule(1, ge=1)  # 1: one weight vector for the network; n: one per depth bucket
     val_images: int = rule(1000, ge=10)  # validation images per fitness evaluation (the validation split)
     bn_batches: int = rule(10, ge=1)  # training batches that recalibrate BatchNorm before each evaluation
+    # the EA runs as a strategy of the search engine (leancnn.search.engine.run_evolve): every evaluation is a trial
+    # of an Optuna study, in memory ("") or in this database URL (e.g. sqlite:///blend.db), where a prune with the
+    # same settings continues an interrupted search instead of starting again
+    storage: str = ""
 
     def _check(self) -> None:
         if self.elitism >= self.population:
@@ -104,56 +105,6 @@ class PruneConfig:
 
 
 # ------------------------------------------------------------------------------------------------ pieces
-
-
-def load_source(path: str | Path) -> tuple[ExperimentConfig, nn.Module, Path]:
-    """The classifier of a run directory or checkpoint, with its config (a video or registration run is
-    refused: the Python API ``leancnn.prune.prune_model`` prunes any other model)."""
-    from .protocol import load_run
-    from .runs import resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path, "source")
-    run = load_run(ckpt, "cpu", ("classify",), "leancnn prune", "a digit classifier run")
-    return run.cfg, run.model, ckpt
-
-
-def fixed_batches(ds, n_images: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_images`` of ``ds`` (a seeded random subset) as in-memory batches, read once."""
-    n = min(n_images, len(ds))
-    idx = np.random.default_rng(seed).permutation(len(ds))[:n].tolist()
-    return [(b[0], b[1]) for b in DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False)]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches) -> None:
-    """BatchNorm running statistics re-estimated on ``batches`` (cumulative average), as adaptive BN (EagleEye)
-    does before judging a pruned network without fine-tuning."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was = model.training
-    model.train()
-    try:
-        for x, _ in batches:
-            model(x)
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.train(was)
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, batches) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
 
 
 class PruneFitness:
@@ -219,7 +170,8 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
     returns the summary (also ``out/summary.json``). ``config_file``: the prune config's file, an input too."""
     from ..prune import check_round_to, compute_scores, get_criterion, prunable_groups, ratio_for_target
     from ..prune.cluster import cluster_criteria, plot_correlations
-    from ..prune.search import BlendSpace, evolve
+    from ..prune.search import BlendSpace
+    from ..search.engine import SearchSettings, run_evolve
 
     t0 = time.perf_counter()
     out = check_prune_output(out, source, config_file)
@@ -273,10 +225,15 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
                 + (f" (raised from {s.population} to hold the {len(init)} seeds)" if population > s.population else "")
                 + f", {s.generations} generations, {s.workers} worker(s)")
             fitness.threads = 1 if s.workers > 1 else None  # workers share the cores
-            res = evolve(fitness, space.n_params, population=population, generations=s.generations,
-                         mutation_sigma=s.mutation_sigma, crossover=s.crossover, crossover_rate=s.crossover_rate,
-                         elitism=s.elitism, seed=s.seed, workers=s.workers, init=init,
-                         progress=progress, blocks=space.blocks)
+            settings = SearchSettings(study_name=f"{pcfg.name}-blend", storage=s.storage or None, join=True,
+                                      heartbeat_s=0, attrs={"source": str(ckpt), "prune": {
+                                          **to_dict(pcfg), "search": {k: v for k, v in to_dict(s).items()
+                                                                      if k not in ("workers", "storage")}}})
+            res, _ = run_evolve(fitness, space.n_params, settings, objective="val_acc",
+                                population=population, generations=s.generations,
+                                mutation_sigma=s.mutation_sigma, crossover=s.crossover, crossover_rate=s.crossover_rate,
+                                elitism=s.elitism, seed=s.seed, workers=s.workers, init=init,
+                                progress=progress, blocks=space.blocks)
             genome = res.best_genome
             search = {"best_fitness": res.best_fitness, "evaluations": res.evaluations, "seconds": res.wall_time,
                       "history": res.history}
@@ -292,11 +249,7 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
         before = test_model(model, tests, cfg, device)
         after = test_model(pruned, tests, cfg, device)
         macs0, macs1 = count_macs(model, size), count_macs(pruned, size)
-        pruned_cfg = derive(cfg, {"name": f"{cfg.name}-pruned", "model.init": "",
-                                  "model.pruned": {g: [int(i) for i in idx] for g, idx in plan.items()}})
-        save_checkpoint(work / "pruned.pt", {"model": pruned.state_dict(), "config": to_dict(pruned_cfg),
-                                              "model_name": cfg.model.name, "epoch": 0, "source": str(ckpt),
-                                              "task": "classify"})
+        pruned_cfg = save_pruned(work / "pruned.pt", cfg, pruned, plan, ckpt, f"{cfg.name}-pruned")
         (work / "config.yaml").write_text(dump_config(pruned_cfg))
         weights = {c: float(w) for c, w in zip(criterion.criteria, np.asarray(criterion.weights)[0])}
         summary = {
@@ -329,16 +282,11 @@ def prune_run(source: str | Path, pcfg: PruneConfig, out: str | Path, force: boo
 def finetune_config(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig) -> ExperimentConfig:
     """The source run's config, on the pruned architecture, started from the pruned weights, for
     ``finetune_epochs`` at ``finetune_lr`` (cosine, no warm-up)."""
-    saved = from_dict(ExperimentConfig, load_checkpoint(pruned_ckpt)["config"])
-    changes = {"model.init": str(pruned_ckpt), "name": f"{cfg.name}-finetune", "train.epochs": pcfg.finetune_epochs,
-               "optim.lr": pcfg.finetune_lr, "schedule.warmup_epochs": 0}
-    if pcfg.finetune_limit_train:
-        changes["data.limit_train"] = pcfg.finetune_limit_train
-    return derive(saved, changes)
+    return _finetune_config(pruned_ckpt, cfg, pcfg.finetune_epochs, pcfg.finetune_lr, pcfg.finetune_limit_train)
 
 
 def finetune(pruned_ckpt: str | Path, cfg: ExperimentConfig, pcfg: PruneConfig, out: Path) -> dict:
-    return train_task(get_task("classify"), finetune_config(pruned_ckpt, cfg, pcfg), out=out, quiet=True, force=True)
+    return _finetune(pruned_ckpt, cfg, pcfg.finetune_epochs, pcfg.finetune_lr, out, pcfg.finetune_limit_train)
 
 
 def analyse(source: str | Path, criteria: list[str], out: str | Path, pcfg: PruneConfig,
