@@ -25,9 +25,10 @@ ALLOWED = {
     "leancnn.export": {"leancnn.nn", "leancnn.models"},
     "leancnn.prune": {"leancnn.nn", "leancnn.models"},
     "leancnn.latency": {"leancnn.nn", "leancnn.models", "leancnn.train", "leancnn.export", "leancnn"},
+    "leancnn.search": {"leancnn.nn", "leancnn.models", "leancnn.prune"},
 }
-TASK_MODULES = {"classify", "video", "register", "prune", "lodo", "latency"}  # each a command's task
-SHARED_TASK_MODULES = {"protocol", "lifecycle", "runs", "classification", "digits", "semi", "catalog"}
+TASK_MODULES = {"classify", "video", "register", "prune", "lodo", "latency", "search"}  # each a command's task
+SHARED_TASK_MODULES = {"protocol", "lifecycle", "runs", "classification", "digits", "semi", "catalog", "pruning"}
 
 
 def _module(path: Path) -> str:

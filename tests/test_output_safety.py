@@ -31,6 +31,8 @@ PRUNE_FAST = ["search.population=4", "search.generations=1", "search.val_images=
 VIDEO_TINY = ["data.frames=8", "data.height=24", "data.width=24", "data.train=40", "data.val=20", "data.test=20",
               "data.batch_size=10", "train.epochs=1", "data.eval_batch_size=20"]
 REG_TINY = ["data.val_pairs=1", "model.channels=[4,8]", "data.augment_scale=0", "train.epochs=1"]
+SEARCH_FAST = ["--trials", "1", "latency.samples=10", "latency.warmup=1", "latency.settle_seconds=0",
+               "latency.loads=[0]", "latency.condition=idle", "val_images=64", "bn_batches=1", "calib_batches=1"]
 LAT_TINY = {"grid": {"loads": [{"workers": 0}]},
             "protocol": {"samples": 10, "block": 5, "warmup": 1, "settle_seconds": 0.0}}
 
@@ -56,7 +58,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("inputs")
     p = {"clf": base / "clf" / "run", "vrun": base / "video" / "run", "data": base / "regdata" / "pairs",
          "rrun": base / "regrun" / "run", "cfg": base / "cfg" / "train.yaml", "vcfg": base / "vcfg" / "video.yaml",
-         "lcfg": base / "lcfg" / "latency.yaml", "lrun": base / "lat" / "a", "lrun2": base / "lat2" / "b"}
+         "lcfg": base / "lcfg" / "latency.yaml", "scfg": base / "scfg" / "search.yaml", "lrun": base / "lat" / "a",
+         "lrun2": base / "lat2" / "b"}
     assert main(["train", *CLF_TINY, "-o", str(p["clf"])]) == 0
     video.train_video(load_config(None, VIDEO_TINY, cls=VideoConfig), out=p["vrun"], quiet=True)
     write_phantoms(p["data"], n=6, deformation=1.0, affine=0.15)
@@ -66,7 +69,10 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                                                                         "batch_size": 64}, "train": {"epochs": 1}}),
                       ("vcfg", {"data": {"frames": 8, "height": 24, "width": 24, "train": 40, "val": 20, "test": 20,
                                          "batch_size": 10}, "train": {"epochs": 1}}),
-                      ("lcfg", {"models": [{"checkpoint": str(p["clf"] / "best.pt")}], **LAT_TINY})):
+                      ("lcfg", {"models": [{"checkpoint": str(p["clf"] / "best.pt")}], **LAT_TINY}),
+                      ("scfg", {"search": {"trials": 1}, "data": {"train": 20, "val": 10, "test": 10},
+                                "train": {"epochs": 1}, "latency": {"samples": 10, "warmup": 1, "settle_seconds": 0,
+                                                                    "loads": [0], "condition": "idle"}})):
         p[key].parent.mkdir(parents=True)
         p[key].write_text(yaml.safe_dump(text))
     for key, seed in (("lrun", 0), ("lrun2", 1)):
@@ -99,6 +105,8 @@ def _argv(row: str, p: dict[str, Path], out: Path) -> list[str]:
         "latency report": ["latency", "report", p["lrun"], "-o", o, "--force"],
         "latency compare": ["latency", "compare", p["lrun"], p["lrun2"], "-o", o, "--force"],
         "lodo": ["lodo", "-c", p["cfg"], "-o", o, "--targets", "uci", "--seeds", "0"],
+        "search prune": ["search", "prune", p["clf"], "-o", o, "--force", *SEARCH_FAST],
+        "search movinet -c": ["search", "movinet", "-c", p["scfg"], "-o", o, "--force"],
         "demo": ["demo", "-c", p["cfg"], "-o", o, "--force"],
     }[row]
 
@@ -125,6 +133,8 @@ COMMANDS = [
     ("latency report", "lrun", ("is inside", "contains"), "-o", "latency"),  # "is": the run's own report
     ("latency compare", "lrun", ("is", "is inside", "contains"), "-o", "latency"),
     ("lodo", "cfg", ("is", "is inside", "contains"), "-o", "lodo"),
+    ("search prune", "clf", ("is", "is inside", "contains"), "-o", "search"),
+    ("search movinet -c", "scfg", ("is", "is inside", "contains"), "-o", "search"),
     ("demo", "cfg", ("is", "is inside", "contains"), "-o", "demo"),
 ]
 CASES = [(row, key, rel, flag, cmd) for row, key, rels, flag, cmd in COMMANDS for rel in rels]
@@ -198,13 +208,14 @@ def _foreign(folder: Path) -> Path:
 FORCE_FOLDERS = [("train -c", "clf"), ("video train -c", "vrun"), ("register train", "rrun"),
                  ("latency run (model)", "lrun"), ("prune", "twice"), ("prune analyse", "twice"),
                  ("register predict (data)", "twice"), ("register evaluate --identity", "twice"),
-                 ("latency report", "report"), ("latency compare", "report"), ("lodo", "once")]
+                 ("latency report", "report"), ("latency compare", "report"), ("lodo", "once"),
+                 ("search prune", "twice")]
 
 
 STALE = {"train -c": "config.yaml", "video train -c": "config.yaml", "register train": "config.yaml",
          "latency run (model)": "run.json", "prune": "summary.json", "prune analyse": "clustering.json",
          "register predict (data)": "case000_ddf.json", "register evaluate --identity": "summary.json",
-         "latency report": "report.md", "latency compare": "report.md"}  # an earlier output file, replaced
+         "latency report": "report.md", "latency compare": "report.md", "search prune": "report.md"}  # an earlier output file, replaced
 
 
 @pytest.mark.slow

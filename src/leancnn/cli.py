@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_parser(sub)
     _add_latency_parser(sub)
     _add_prune_parser(sub)
+    _add_search_parser(sub)
     _add_register_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
@@ -193,6 +194,48 @@ def _run_prune(args: argparse.Namespace) -> int:
         raise LeancnnError(f"give one run directory or checkpoint, got {src}")
     return prune.prune_command(src[0], args.config, args.overrides, args.out, args.force, args.target_macs,
                                args.criteria, args.search, args.finetune_epochs)
+
+
+def _add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search architectures / pruning plans against measured latency (Optuna)",
+                       description="Hardware-aware search (docs/search.md): `leancnn search movinet` (MoViNet stream "
+                                   "architectures, accuracy vs measured per-frame latency), `leancnn search prune RUN` "
+                                   "(per-layer pruning ratios and round_to against measured latency), `leancnn search "
+                                   "report DIR` (rewrite a search's report). A study lives in DIR/study.db or any "
+                                   "database URL (search.storage=...); several workers may share it (--join).")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (("movinet", "MoViNet stream architectures: short training + measured stream-step latency"),
+                       ("prune", "latency-aware pruning of a trained digit classifier (the source is only read)")):
+        q = ssub.add_parser(name, help=text)
+        if name == "prune":
+            q.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="the trained classifier to prune")
+        q.add_argument("-c", "--config", help="YAML search config (keys: docs/search.md); defaults apply when omitted")
+        q.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="config overrides, e.g. latency.loads=[0,2] latency.condition=load")
+        q.add_argument("-o", "--out", help="output directory (default runs/<name>-<time>): study.db, trials, report")
+        q.add_argument("--trials", type=int, help="finished trials the study should hold (all workers together)")
+        q.add_argument("--timeout-min", type=float, dest="timeout_minutes",
+                       help="start no new trial after this many minutes (this worker)")
+        q.add_argument("--storage", help="database URL of the study (default sqlite:///<out>/study.db); e.g. "
+                                         "postgresql://user:pw@host/db for workers on several machines")
+        g = q.add_mutually_exclusive_group()
+        g.add_argument("--resume", action="store_true", help="continue the study that -o (or --storage) holds")
+        g.add_argument("--join", action="store_true", help="add this process as a worker of a running study")
+        g.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+    q = ssub.add_parser("report", help="rewrite the report of a search folder (optionally under another statistic)")
+    q.add_argument("out", metavar="DIR")
+    q.add_argument("--condition", choices=["idle", "load", "minimax"], help="read the latency at this condition")
+    q.add_argument("--statistic", choices=["p50", "p99"], help="read this latency statistic")
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from .tasks import search
+
+    if args.action == "report":
+        return search.report_command(args.out, args.condition, args.statistic)
+    return search.search_command(args.action, getattr(args, "source", None), args.config, args.overrides, args.out,
+                                 args.resume, args.join, args.force, args.trials, args.timeout_minutes, args.storage,
+                                 command="leancnn " + " ".join(sys.argv[1:]))
 
 
 def _add_latency_parser(sub) -> None:
@@ -475,6 +518,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_latency(args)
     elif args.command == "prune":
         return _run_prune(args)
+    elif args.command == "search":
+        return _run_search(args)
     elif args.command == "register":
         return _run_register(args)
     elif args.command == "demo":
