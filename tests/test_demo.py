@@ -48,5 +48,8 @@ def test_demo_writes_report(tmp_path, capsys):
 
     assert re.search(r"load \d+x100%", report)  # one hog per core
     assert "## Pruning: blended criteria" in report and (out / "prune" / "pruned.pt").is_file()
+    assert "## Search: pruning against measured latency" in report and (out / "search" / "pareto.png").is_file()
+    trials = (out / "search" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 3 and ",unpruned," in trials[1]  # header + 3 trials, the unpruned model first
     assert "fewer MACs" in report and "pruned + fine-tuned" in report
     assert "stage 5" in report  # per-stage times

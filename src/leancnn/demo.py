@@ -15,6 +15,8 @@ BatchNorm recalibrated, fine-tuned for an epoch; accuracy, MACs and measured lat
 Stage 6: `leancnn register` on synthetic two-"modality" phantom pairs with a known deformation: a small local
 network trained briefly with the label-driven loss, then gland Dice and landmark TRE before and after, on the
 training pairs and on held-out pairs, and a picture of a registered pair.
+Stage 7: `leancnn search prune` on the stage-1 classifier: a few trials of per-layer pruning ratios and round_to,
+each scored by validation accuracy and measured p99 latency under a co-running hog; the Pareto front and its plot.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .tasks.lodo import run_lodo, table
 from .tasks.runs import check_path_arg, checkpoint_inputs, data_inputs, held_run_files
 from .train import load_checkpoint, load_model_state
 
-N_STAGES = 6
+N_STAGES = 7
 
 # The demo's built-in experiment; configs/demo.yaml is the same file (a test keeps them equal).
 DEMO_CONFIG = {
@@ -263,6 +265,36 @@ def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, forc
     return "Pruning: blended criteria", text
 
 
+# Stage 7: latency-aware pruning search on the stage-1 classifier: a few trials of `leancnn search prune` (per-bucket
+# ratios + round_to against the p99 of PyTorch eager, worst of idle and one CPU hog), the Pareto plot.
+DEMO_SEARCH = {"name": "demo-search", "search": {"trials": 6, "sampler": "random"},
+               "latency": {"loads": [0, 1], "statistic": "p99", "condition": "minimax", "samples": 40, "warmup": 3,
+                           "settle_seconds": 0.2},
+               "space": {"buckets": 3, "round_to": [1, 8], "max_ratio": 0.4}, "target_speedup": 1.1,
+               "val_images": 500, "bn_batches": 4, "calib_batches": 2}
+
+
+def search_section(cfg: ExperimentConfig, out: Path, classifier: str | Path) -> tuple[str, str]:
+    """A few trials of ``leancnn search prune`` on the demo's classifier; the report's section (with the plot)."""
+    from .tasks.search import LatencyPruneConfig, search_prune
+
+    raw = copy.deepcopy(DEMO_SEARCH)
+    if cfg.data.limit_train > 0:  # a shortened demo (tests)
+        raw["search"]["trials"] = 3
+        raw.update(val_images=100, bn_batches=1, calib_batches=1)
+        raw["latency"].update(samples=10, settle_seconds=0.0)
+    pcfg = from_dict(LatencyPruneConfig, raw)
+    s = search_prune(classifier, pcfg, out / "search", force=True, log=lambda line: print("  " + line, flush=True),
+                     command="leancnn search prune <stage-1 run> (demo settings: leancnn.demo.DEMO_SEARCH)")
+    text = (f"`leancnn search prune` on the stage-1 {cfg.model.name}: {pcfg.search.trials} trials (the unpruned model "
+            f"first) of per-depth-bucket pruning ratios and round_to, each pruned copy recalibrated and scored by "
+            f"validation accuracy and by its **measured** p99 latency (PyTorch eager, batch 1, 1 thread), the worse of "
+            f"idle and one co-running CPU hog. A real search runs tens of trials (docs/search.md; "
+            f"`leancnn search movinet` searches MoViNet architectures the same way).\n\n"
+            + s["markdown"].replace("(pareto.png)", "(search/pareto.png)"))
+    return "Search: pruning against measured latency", text
+
+
 # Stage 6: registration of phantom pairs (32x40x28 fixed grid, 36x36x32 moving grid, 1.5 mm voxels): a local
 # network of 0.08M parameters on a half-resolution grid (16x20x14), 8 training and 4 held-out pairs.
 DEMO_REGISTER = {
@@ -421,6 +453,10 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
     print(f"[demo 6/{N_STAGES}] registration: a network trained briefly on MR/ultrasound-like phantom pairs, "
           "Dice and TRE before and after", flush=True)
     sections.append(register_section(cfg, out, force))
+    stage_times.append(time.perf_counter() - start - sum(stage_times))
+    print(f"[demo 7/{N_STAGES}] search: pruning plans of the stage-1 classifier against measured p99 latency "
+          "(a few trials)", flush=True)
+    sections.append(search_section(cfg, out, summary["checkpoint"]))
     stage_times.append(time.perf_counter() - start - sum(stage_times))
     sections.append(("Config", "```yaml\n" + dump_config(cfg) + "```"))
     elapsed = time.perf_counter() - start
