@@ -110,3 +110,30 @@ def test_search_movinet_trains_measures_and_ranks_a0(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["references"]["A0"]["rank"] >= 0 and summary["front"]
     assert main(["video", "evaluate", rows[1]["m.run"]]) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_trials_and_resume_continues(source, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "ps"
+    exe = Path(sys.executable).with_name("leancnn")
+    p = subprocess.Popen([str(exe), "search", "prune", str(source), "-o", str(out), "--trials", "50", *FAST],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in p.stdout:  # one finished trial, then Ctrl-C mid-search
+        if line.startswith("trial") and "[2/50]" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "Traceback" not in err and "--resume continues it" in err, err
+    import optuna
+
+    study = optuna.load_study(study_name="search-prune", storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 2 and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert main(["search", "prune", str(source), "-o", str(out), "--resume", "--trials", str(len(done) + 1)]) == 0
+    assert len(_rows(out / "trials.csv")) >= len(done) + 1

@@ -112,7 +112,7 @@ def _optuna():
         import optuna
     except ImportError as e:  # pragma: no cover - declared in pyproject
         raise LeancnnError("the search needs optuna (pip install 'optuna>=4'); it is a dependency of leancnn") from e
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported by leancnn (its error, or Ctrl-C)
     return optuna
 
 

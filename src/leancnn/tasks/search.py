@@ -34,6 +34,7 @@ it), optionally fine-tuned.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -656,13 +657,21 @@ def search_command(kind: str, source: str | None, config: str | None, overrides:
         cfg = load_config(config, [*overrides, *extra], cls=cls)
     out_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = progress_enabled(DistContext())
-    if kind == "movinet":
-        summary = search_movinet(cfg, out_dir, resume, join, force, progress, config_file=config, command=command)
-    else:
-        if not source:
-            raise LeancnnError("search prune needs the trained classifier to prune (a run directory or checkpoint)")
-        summary = search_prune(source, cfg, out_dir, resume, join, force, progress, config_file=config,
-                               command=command)
+    try:
+        if kind == "movinet":
+            summary = search_movinet(cfg, out_dir, resume, join, force, progress, config_file=config,
+                                     command=command)
+        else:
+            if not source:
+                raise LeancnnError("search prune needs the trained classifier to prune (a run directory or checkpoint)")
+            summary = search_prune(source, cfg, out_dir, resume, join, force, progress, config_file=config,
+                                   command=command)
+    except KeyboardInterrupt:
+        if (out_dir / STUDY_DB).is_file() or cfg.search.storage:
+            where = f"{source} " if kind == "prune" else ""
+            print(f"search stopped; the finished trials are kept: leancnn search {kind} {where}-o {out_dir} --resume "
+                  "continues it", file=sys.stderr, flush=True)
+        raise
     print(summary["table"])
     print(f"report: {out_dir / 'report.md'}" + (f"; pruned checkpoint: {summary['checkpoint']}"
                                                  if summary.get("checkpoint") else ""))
