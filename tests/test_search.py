@@ -167,7 +167,7 @@ def test_two_workers_share_one_sqlite_study_and_survive_a_kill(tmp_path):
     line = json.loads(hung.stdout.readline())
     os.kill(hung.pid, signal.SIGKILL)
     hung.wait()
-    time.sleep(3.5)  # its heartbeat goes stale (grace 3 s)
+    time.sleep(5)  # its heartbeat goes stale (grace 3 s)
     # two workers finish the search
     a, b = _worker(url, 16, 0.1), _worker(url, 16, 0.1)
     logs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in (a, b)]
@@ -181,7 +181,7 @@ def test_two_workers_share_one_sqlite_study_and_survive_a_kill(tmp_path):
     retried = [t for t in study.trials if t.state == S.COMPLETE and t.params == failed[0].params]
     assert retried, "the killed trial's point is evaluated again"
     done = [t.number for t in study.trials if t.state == S.COMPLETE]
-    assert 16 <= len(done) <= 17  # both may start the last trial at once
+    assert 16 <= len(done) <= 18  # both may start a last trial at once (and a queued retry runs before the stop)
     ev = [set(w["evaluated"]) | set(w["copied"]) for w in logs]
     assert not ev[0] & ev[1], "no trial done by both workers"
     assert ev[0] | ev[1] == set(done), "every completed trial was done by one of the workers"

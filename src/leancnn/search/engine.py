@@ -13,7 +13,8 @@ What the engine adds to Optuna, and why:
   resume with a different space or different settings is refused in one line, instead of mixing two searches;
 * **killed workers**: RDB storages get a heartbeat (``heartbeat_s``); a trial whose worker stopped beating for
   ``grace_s`` is marked FAIL by the next worker that starts a trial (Optuna's ``fail_stale_trials``), and its
-  point is queued again once (``RetryFailedTrialCallback``), so a kill loses neither the study nor the point;
+  point is queued again once (Optuna's retry callback) and evaluated before the study stops, so a kill loses
+  neither the study nor the point;
 * **early rejection** (Optuna's pruning of bad trials, in the form a multi-objective study allows): an evaluation
   raises :class:`Reject` (e.g. the measured latency is over the ceiling, before any training), the trial is stored
   as PRUNED with the reason and the metrics measured so far;
@@ -276,6 +277,9 @@ def run_search(evaluate: Callable[[dict, TrialInfo], dict], space: SearchSpace, 
     def n_finished() -> int:
         return len(study.get_trials(deepcopy=False, states=states))
 
+    def queued() -> bool:  # fixed points and the points of killed workers' trials, still to be evaluated
+        return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -339,11 +343,11 @@ def run_search(evaluate: Callable[[dict, TrialInfo], dict], space: SearchSpace, 
             state = trial.state.name.lower()
             extra = f" ({trial.user_attrs.get('reject_reason')})" if trial.user_attrs.get("reject_reason") else ""
             log(f"trial {trial.number:3d} {tag:>4} {state:8s} {what}{extra}  [{n}/{settings.trials}]")
-        if n >= settings.trials:
+        if n >= settings.trials and not queued():  # a queued point is evaluated before the study stops
             study_.stop()
 
     try:
-        if n_finished() < settings.trials:
+        if n_finished() < settings.trials or queued():
             study.optimize(objective, n_trials=None, timeout=settings.timeout, callbacks=[after],
                            catch=(), gc_after_trial=False)
     finally:
