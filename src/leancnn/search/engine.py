@@ -90,6 +90,7 @@ class SearchSettings:
     trials: int = 20  # finished trials the study should hold (all workers together)
     timeout: float | None = None  # seconds this worker may start new trials for
     sampler: str = "nsga2"
+    population: int = 8  # NSGA-II's population size
     seed: int | None = 0  # the sampler's seed (a joining worker adds its process id)
     resume: bool = False  # continue a study that exists (else refuse it)
     join: bool = False  # join a study another worker started (a second worker); implies nothing is created twice
@@ -154,10 +155,10 @@ def make_storage(url: str | None, heartbeat_s: int = 10, grace_s: int = 30):
                            ) from None
 
 
-def make_sampler(name: str, seed: int, n_objectives: int, shared: bool):
+def make_sampler(name: str, seed: int, n_objectives: int, shared: bool, population: int = 8):
     optuna = _optuna()
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=shared, n_startup_trials=8)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -178,7 +179,8 @@ def open_study(space: SearchSpace, objectives: Sequence[Objective], settings: Se
     exists = settings.study_name in names
     # a worker that joins draws from its own stream (the same seed would propose the first worker's points again)
     seed = settings.seed if not settings.join or settings.seed is None else (settings.seed * 100_003 + os.getpid()) % 2**31
-    sampler = make_sampler(settings.sampler, seed, len(objectives), shared=settings.storage is not None)
+    sampler = make_sampler(settings.sampler, seed, len(objectives), shared=settings.storage is not None,
+                           population=settings.population)
     want = study_attrs(space, objectives, settings)
     if exists and not (settings.resume or settings.join):
         raise LeancnnError(f"study {settings.study_name!r} already exists in {settings.storage}; add --resume to "

@@ -63,6 +63,7 @@ class SearchEngineConfig:
     trials: int = rule(24, ge=1)  # finished trials the study should hold (all workers together)
     timeout_minutes: float = rule(0.0, ge=0.0)  # this worker starts no trial after this long (0: no limit)
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population: int = rule(8, ge=2)  # NSGA-II's population per generation (random draws until the first is full)
     seed: int = rule(0, ge=0, lt=SEED_MAX)
     storage: str = ""  # a database URL (sqlite:///..., postgresql://...); "": sqlite:///<out>/study.db
     study: str = ""  # the study's name in the storage ("": the config's name)
@@ -271,7 +272,8 @@ def engine_settings(cfg, out: Path, resume: bool, join: bool, attrs: dict, enque
     s = cfg.search
     storage = s.storage or sqlite_url(out / STUDY_DB)
     return SearchSettings(study_name=s.study or cfg.name, storage=storage, trials=s.trials,
-                          timeout=s.timeout_minutes * 60 or None, sampler=s.sampler, seed=s.seed, resume=resume,
+                          timeout=s.timeout_minutes * 60 or None, sampler=s.sampler, seed=s.seed,
+                          population=s.population, resume=resume,
                           join=join, heartbeat_s=s.heartbeat_seconds, grace_s=3 * s.heartbeat_seconds,
                           enqueue=enqueue, attrs=attrs, attr_defaults=_attrs(type(cfg)()))
 
@@ -280,8 +282,7 @@ def _attrs(cfg) -> dict:
     """The settings a resumed or joined study must share (runtime keys left out)."""
     d = to_dict(cfg)
     d.pop("search", None)
-    d["search"] = {k: v for k, v in to_dict(cfg.search).items() if k in ("sampler", "seed", "trials")}
-    d["search"].pop("trials")
+    d["search"] = {k: v for k, v in to_dict(cfg.search).items() if k in ("sampler", "seed", "population")}
     return d
 
 
