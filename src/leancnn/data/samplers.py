@@ -1,4 +1,5 @@
-"""Domain-balanced sampling for MixStyle's cross-domain mode (Dassl ``RandomDomainSampler``, made DDP-aware).
+"""Domain-balanced sampling for MixStyle's cross-domain mode (Dassl ``RandomDomainSampler``, made DDP-aware), and
+P x K identity sampling for the batch-hard triplet loss of instance retrieval (:class:`PKSampler`, below).
 
 Every (local) batch holds ``n_domains`` distinct domains × ``k`` samples each, laid out contiguously:
 ``[domain a × k | domain b × k | ...]``. With ``n_domains=2`` that is exactly the [A | B] layout that
@@ -86,6 +87,68 @@ class DomainBalancedSampler(Sampler[int]):
                 pos[d] += self.k
             batches.append(batch)
         return batches
+
+    def local_batches(self) -> list[list[int]]:
+        batches = self.global_batches()
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[self.rank:usable:self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.local_batches():
+            yield from batch
+
+    def __len__(self) -> int:
+        return len(self.local_batches()) * self.batch_size
+
+
+class PKSampler(Sampler[int]):
+    """P identities x K samples per batch, for the batch-hard triplet loss (torchreid's ``RandomIdentitySampler``,
+    made deterministic per epoch and DDP-aware like :class:`DomainBalancedSampler`).
+
+    Each epoch (seeded by ``seed`` and the epoch): every identity's indices are shuffled and cut into chunks of K
+    (an identity with fewer than K samples, or a last chunk short of K, is filled by drawing its own samples again
+    with replacement, as torchreid); then batches take P distinct identities at random among those with chunks left,
+    one chunk each, until fewer than P identities have chunks left. A batch is laid out ``[id a x K | id b x K |
+    ...]``. Under DDP the batches are dealt out as in :class:`DomainBalancedSampler`. Use with
+    ``DataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler)``."""
+
+    def __init__(self, labels: Sequence[int] | torch.Tensor, p: int = 8, k: int = 4, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if p < 2 or k < 2:
+            raise ValueError(f"a P x K batch needs p >= 2 identities and k >= 2 samples each, got p={p}, k={k}")
+        ids = sorted(set(labels.tolist()))
+        if len(ids) < p:
+            raise ValueError(f"a batch needs {p} distinct identities but the data has {len(ids)}; lower p")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.by_id = {i: torch.nonzero(labels == i).flatten() for i in ids}
+        self.p, self.k, self.seed, self.rank, self.world_size = p, k, seed, rank, world_size
+        self.epoch = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        chunks: dict[int, list[list[int]]] = {}
+        for i, idx in self.by_id.items():
+            pool = idx[torch.randperm(len(idx), generator=g)].tolist()
+            short = -len(pool) % self.k
+            if short:  # fill the last chunk with the identity's own samples drawn again
+                pool += idx[torch.randint(len(idx), (short,), generator=g)].tolist()
+            chunks[i] = [pool[j:j + self.k] for j in range(0, len(pool), self.k)]
+        batches = []
+        while True:
+            left = [i for i, c in chunks.items() if c]
+            if len(left) < self.p:
+                return batches
+            chosen = [left[j] for j in torch.randperm(len(left), generator=g)[: self.p].tolist()]
+            batches.append([x for i in chosen for x in chunks[i].pop()])
 
     def local_batches(self) -> list[list[int]]:
         batches = self.global_batches()
