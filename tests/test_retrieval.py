@@ -92,3 +92,38 @@ def test_pk_sampler_batches():
     assert r0 + r1 and not {tuple(b) for b in r0} & {tuple(b) for b in r1}
     with pytest.raises(ValueError, match="2 distinct identities"):
         PKSampler([0, 0, 0], p=2, k=2)
+
+
+def test_digit_identities_views_and_styles_really_differ():
+    from leancnn.data.retrieval import build_identities, identity_split
+
+    split = identity_split(50, seed=0)
+    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 50
+    ids = split["test"][:6]
+    sets = {s: build_identities(ids, s, views=3, seed=1) for s in ("ink", "photo", "colour")}
+    ink = sets["ink"]
+    assert ink["images"].shape == (18, 32, 32, 3) and ink["images"].dtype == np.uint8
+    assert ink["pids"].tolist() == np.repeat(ids, 3).tolist() and ink["camids"].tolist() == [0, 1, 2] * 6
+    again = build_identities(ids, "ink", views=3, seed=1)
+    assert np.array_equal(again["images"], ink["images"])  # deterministic
+    # every view of every identity is another image (a camera's pose: -12, 0, +12 degrees and jitter); the pixel
+    # distance between two views of one identity is of the order of that between two identities, so matching
+    # needs a learned embedding, not pixels
+    x = ink["images"].reshape(6, 3, -1).astype(np.float32)
+    views = [np.abs(x[i, a] - x[i, b]).mean() for i in range(6) for a, b in ((0, 1), (1, 2), (0, 2))]
+    others = [np.abs(x[i, 1] - x[(i + 1) % 6, 1]).mean() for i in range(6)]
+    assert min(views) > 5 and 0.5 < np.mean(views) / np.mean(others) < 2
+    # the styles are different images of the same strokes: grey vs colourful, dark vs bright backgrounds
+    def saturation(im):
+        im = im.astype(np.float32)
+        return float((im.max(-1) - im.min(-1)).mean())
+
+    assert saturation(ink["images"]) == 0.0 and saturation(sets["photo"]["images"]) > 20
+    assert saturation(sets["colour"]["images"]) > 20
+    border = lambda im: float(im[:, :3, :3].mean())  # noqa: E731 - the corner: background only
+    assert border(ink["images"]) < 5 and border(sets["photo"]["images"]) > 40
+    with pytest.raises(LeancnnError, match="unknown style"):
+        build_identities(ids, "sketch")
+    with pytest.raises(LeancnnError, match="views must be"):
+        build_identities(ids, "ink", views=1)
