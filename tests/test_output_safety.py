@@ -58,7 +58,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("inputs")
     p = {"clf": base / "clf" / "run", "vrun": base / "video" / "run", "data": base / "regdata" / "pairs",
          "rrun": base / "regrun" / "run", "cfg": base / "cfg" / "train.yaml", "vcfg": base / "vcfg" / "video.yaml",
-         "lcfg": base / "lcfg" / "latency.yaml", "scfg": base / "scfg" / "search.yaml", "lrun": base / "lat" / "a",
+         "lcfg": base / "lcfg" / "latency.yaml", "scfg": base / "scfg" / "search.yaml",
+         "rcfg": base / "rcfg" / "retrieve.yaml", "lrun": base / "lat" / "a",
          "lrun2": base / "lat2" / "b"}
     assert main(["train", *CLF_TINY, "-o", str(p["clf"])]) == 0
     video.train_video(load_config(None, VIDEO_TINY, cls=VideoConfig), out=p["vrun"], quiet=True)
@@ -70,6 +71,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                       ("vcfg", {"data": {"frames": 8, "height": 24, "width": 24, "train": 40, "val": 20, "test": 20,
                                          "batch_size": 10}, "train": {"epochs": 1}}),
                       ("lcfg", {"models": [{"checkpoint": str(p["clf"] / "best.pt")}], **LAT_TINY}),
+                      ("rcfg", {"data": {"ids": 60, "views": 3, "p": 4, "k": 3, "train_styles": ["warm"],
+                                         "test_style": "cool"}, "train": {"epochs": 1}}),
                       ("scfg", {"search": {"trials": 1}, "data": {"train": 20, "val": 10, "test": 10},
                                 "train": {"epochs": 1}, "latency": {"samples": 10, "warmup": 1, "settle_seconds": 0,
                                                                     "loads": [0], "condition": "idle"}})):
@@ -107,6 +110,7 @@ def _argv(row: str, p: dict[str, Path], out: Path) -> list[str]:
         "lodo": ["lodo", "-c", p["cfg"], "-o", o, "--targets", "uci", "--seeds", "0"],
         "search prune": ["search", "prune", p["clf"], "-o", o, "--force", *SEARCH_FAST],
         "search movinet -c": ["search", "movinet", "-c", p["scfg"], "-o", o, "--force"],
+        "retrieve train -c": ["retrieve", "train", "-c", p["rcfg"], "-o", o, "--force"],
         "demo": ["demo", "-c", p["cfg"], "-o", o, "--force"],
     }[row]
 
@@ -135,6 +139,7 @@ COMMANDS = [
     ("lodo", "cfg", ("is", "is inside", "contains"), "-o", "lodo"),
     ("search prune", "clf", ("is", "is inside", "contains"), "-o", "search"),
     ("search movinet -c", "scfg", ("is", "is inside", "contains"), "-o", "search"),
+    ("retrieve train -c", "rcfg", ("is", "is inside", "contains"), "-o", "retrieve"),
     ("demo", "cfg", ("is", "is inside", "contains"), "-o", "demo"),
 ]
 CASES = [(row, key, rel, flag, cmd) for row, key, rels, flag, cmd in COMMANDS for rel in rels]

@@ -123,7 +123,56 @@ def test_digit_identities_views_and_styles_really_differ():
     assert saturation(sets["colour"]["images"]) > 20
     border = lambda im: float(im[:, :3, :3].mean())  # noqa: E731 - the corner: background only
     assert border(ink["images"]) < 5 and border(sets["photo"]["images"]) > 40
+    # warm and cool: the same strokes on backgrounds of other hues (red-yellow vs cyan-blue), dark strokes on light
+    warm, cool = (build_identities(ids, st, views=3, seed=1)["images"].astype(np.float32) for st in ("warm", "cool"))
+    assert border(warm) > 120 and border(cool) > 120
+    assert warm[..., 0].mean() > warm[..., 2].mean() + 20 and cool[..., 2].mean() > cool[..., 0].mean() + 20
     with pytest.raises(LeancnnError, match="unknown style"):
         build_identities(ids, "sketch")
     with pytest.raises(LeancnnError, match="views must be"):
         build_identities(ids, "ink", views=1)
+
+
+TINY_RET = ["data.ids=60", "data.views=3", "data.p=4", "data.k=3", "train.epochs=1", "data.train_styles=[warm]",
+            "data.test_style=cool", "train.threads=1"]
+
+
+@pytest.mark.slow
+def test_retrieve_train_resume_evaluate(tmp_path, capsys):
+    import json
+
+    from leancnn.cli import main
+    from leancnn.train import load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["retrieve", "train", *TINY_RET, "model.mixstyle.after=[layer1,layer2]", "-o", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["test"]) == {"target", "source"}
+    for r in s["test"].values():  # 18 test identities: 18 queries, each with its 2 other views in the gallery
+        assert r["queries"] == 18 and r["skipped"] == 0 and 0 <= r["mAP"] <= 1 and r["rank1"] <= r["rank5"]
+    assert load_checkpoint(out / "last.pt")["task"] == "retrieve"
+    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "val_mAP" in hist[-1] and "train_triplet" in hist[-1]
+    assert main(["retrieve", "train", "--resume", str(out), "train.epochs=2"]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    capsys.readouterr()
+    assert main(["retrieve", "evaluate", str(out)]) == 0
+    assert "target" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["data.test_style=warm"], "test domain must be unseen"),
+    (["data.sampler=random"], "triplet loss needs P x K batches"),
+    (["model.mixstyle.after=[layer9]"], "layer9"),
+    (["model.mixstyle.after=[layer1]", "model.mixstyle.mix=crossdomain"], "needs data.sampler=domain"),
+])
+def test_retrieve_bad_input_is_one_line(tmp_path, capsys, args, match):
+    import re
+
+    from leancnn.cli import main
+
+    out = tmp_path / "bad"
+    assert main(["retrieve", "train", *TINY_RET, *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not out.exists()

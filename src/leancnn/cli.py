@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_latency_parser(sub)
     _add_prune_parser(sub)
     _add_search_parser(sub)
+    _add_retrieve_parser(sub)
     _add_register_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 # (the latency tool's own measured conditions set their threads themselves and keep the user's environment)
 _COMPUTING = {"train": None, "evaluate": None, "lodo": None, "demo": None, "prune": None,
               "video": ("train", "evaluate", "ensemble", "stream", "export"),
-              "register": ("train", "predict", "evaluate")}
+              "register": ("train", "predict", "evaluate"), "retrieve": ("train", "evaluate")}
 
 
 def _threads_type(text: str):
@@ -236,6 +237,33 @@ def _run_search(args: argparse.Namespace) -> int:
     return search.search_command(args.action, getattr(args, "source", None), args.config, args.overrides, args.out,
                                  args.resume, args.join, args.force, args.trials, args.timeout_minutes, args.storage,
                                  command="leancnn " + " ".join(sys.argv[1:]))
+
+
+def _add_retrieve_parser(sub) -> None:
+    p = sub.add_parser("retrieve", help="instance retrieval (re-ID) across visual domains: train, evaluate",
+                       description="Re-identification of digit identities across styles (docs/mixstyle.md): train on "
+                                   "some identities in the training styles, test on unseen identities in an unseen "
+                                   "style; CMC rank-1/5/10 and mAP. MixStyle by name: model.mixstyle.after=[...].")
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("train", help="train a retrieval model (label-smoothed identity loss + batch-hard triplet)")
+    _add_config_args(q)
+    q.add_argument("-o", "--out", help="run directory (default runs/<name>-<time>)")
+    q.add_argument("--resume", help="a run directory or last.pt to continue (train.epochs=N extends it)")
+    q.add_argument("--force", action="store_true", help=FORCE_RUN)
+    q = rsub.add_parser("evaluate", help="rank-1/5/10 and mAP of a run on its unseen-style and training-style tests")
+    q.add_argument("checkpoint", help="a retrieval run directory or checkpoint")
+    q.add_argument("--device", default="cpu")
+
+
+def _run_retrieve(args: argparse.Namespace) -> int:
+    from . import report
+    from .tasks import retrieve
+
+    if args.action == "train":
+        return retrieve.train_command(args.config, args.overrides, args.resume, args.out, args.force)
+    results = retrieve.evaluate_checkpoint(args.checkpoint, args.device)
+    print(report.format_table(retrieve.result_rows(results), ["test", "rank-1", "rank-5", "rank-10", "mAP"]))
+    return 0
 
 
 def _add_latency_parser(sub) -> None:
@@ -520,6 +548,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_prune(args)
     elif args.command == "search":
         return _run_search(args)
+    elif args.command == "retrieve":
+        return _run_retrieve(args)
     elif args.command == "register":
         return _run_register(args)
     elif args.command == "demo":

