@@ -51,5 +51,7 @@ def test_demo_writes_report(tmp_path, capsys):
     assert "## Search: pruning against measured latency" in report and (out / "search" / "pareto.png").is_file()
     trials = (out / "search" / "trials.csv").read_text().splitlines()
     assert len(trials) == 1 + 3 and ",unpruned," in trials[1]  # header + 3 trials, the unpruned model first
+    assert "## MixStyle: retrieval across styles" in report and "| MixStyle random (layer1, layer2)" in report
+    assert (out / "retrieve" / "mixstyle" / "summary.json").is_file()
     assert "fewer MACs" in report and "pruned + fine-tuned" in report
     assert "stage 5" in report  # per-stage times
