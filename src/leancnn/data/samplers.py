@@ -30,7 +30,35 @@ import torch
 from torch.utils.data import Sampler
 
 
-class DomainBalancedSampler(Sampler[int]):
+class _DealtBatches(Sampler[int]):
+    """What both samplers share: an epoch's global batches (:meth:`global_batches`, seeded by seed and epoch) dealt
+    out batch by batch to the DDP ranks (rank r gets batches r, r + W, ...; truncated to a multiple of W)."""
+
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    batch_size: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def local_batches(self) -> list[list[int]]:
+        batches = self.global_batches()
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[self.rank:usable:self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.local_batches():
+            yield from batch
+
+    def __len__(self) -> int:
+        return len(self.local_batches()) * self.batch_size
+
+
+class DomainBalancedSampler(_DealtBatches):
     def __init__(self, domain_labels: Sequence[int] | torch.Tensor, n_domains: int = 2, k: int = 32,
                  seed: int = 0, rank: int = 0, world_size: int = 1, length: int | None = None):
         labels = torch.as_tensor(domain_labels, dtype=torch.long)
@@ -57,9 +85,6 @@ class DomainBalancedSampler(Sampler[int]):
     def batch_size(self) -> int:
         """The local batch size: n_domains × k."""
         return self.n_domains * self.k
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
         """This epoch's batches over all ranks, each ``[d1 × k | d2 × k | ...]``."""
@@ -88,20 +113,9 @@ class DomainBalancedSampler(Sampler[int]):
             batches.append(batch)
         return batches
 
-    def local_batches(self) -> list[list[int]]:
-        batches = self.global_batches()
-        usable = len(batches) - len(batches) % self.world_size
-        return batches[self.rank:usable:self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        for batch in self.local_batches():
-            yield from batch
-
-    def __len__(self) -> int:
-        return len(self.local_batches()) * self.batch_size
 
 
-class PKSampler(Sampler[int]):
+class PKSampler(_DealtBatches):
     """P identities x K samples per batch, for the batch-hard triplet loss (torchreid's ``RandomIdentitySampler``,
     made deterministic per epoch and DDP-aware like :class:`DomainBalancedSampler`).
 
@@ -130,9 +144,6 @@ class PKSampler(Sampler[int]):
     def batch_size(self) -> int:
         return self.p * self.k
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def global_batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         chunks: dict[int, list[list[int]]] = {}
@@ -150,14 +161,3 @@ class PKSampler(Sampler[int]):
             chosen = [left[j] for j in torch.randperm(len(left), generator=g)[: self.p].tolist()]
             batches.append([x for i in chosen for x in chunks[i].pop()])
 
-    def local_batches(self) -> list[list[int]]:
-        batches = self.global_batches()
-        usable = len(batches) - len(batches) % self.world_size
-        return batches[self.rank:usable:self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        for batch in self.local_batches():
-            yield from batch
-
-    def __len__(self) -> int:
-        return len(self.local_batches()) * self.batch_size

@@ -161,10 +161,14 @@ def data_identity(cfg: RetrieveConfig) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ model and task
 
 
+def pooled(f: torch.Tensor) -> torch.Tensor:
+    """The embedding of a feature map: globally average-pooled (features already pooled are flattened)."""
+    return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.ndim == 4 else f.flatten(1)
+
+
 def embed_pool(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The embedding: the backbone's features, globally average-pooled."""
-    f = model.forward_features(x)
-    return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.ndim == 4 else f.flatten(1)
+    return pooled(model.forward_features(x))
 
 
 @torch.no_grad()
@@ -210,7 +214,7 @@ class RetrievalTask(Task):
             loss = ce
             tri = torch.zeros((), device=x.device)
             if self.triplet is not None:
-                tri = self.triplet(F.adaptive_avg_pool2d(f, 1).flatten(1) if f.ndim == 4 else f, y)
+                tri = self.triplet(pooled(f), y)
                 loss = ce + self.cfg.loss.triplet_weight * tri
         trainer.backward(loss)
         n = len(y)

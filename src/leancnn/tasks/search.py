@@ -301,7 +301,7 @@ def _mega(v) -> str:
 # ------------------------------------------------------------------------------------------------ movinet
 
 
-def movinet_objective(cfg: MovinetSearchConfig, out: Path, log: Callable[[str], None] = print):
+def movinet_objective(cfg: MovinetSearchConfig, out: Path):
     """``evaluate(point, info)`` for :func:`leancnn.search.engine.run_search`: latency first (reject over the
     ceiling), then a short training; metrics include params, MACs per frame, every latency level."""
     from ..models import create_model
@@ -411,7 +411,7 @@ def search_movinet(cfg: MovinetSearchConfig, out: str | Path, resume: bool = Fal
             return f"latency {_ms(m.get('latency_ms'))} ms"
         return f"val {_pct(m['val_acc'])}  {_ms(m['latency_ms'])} ms  {_mega(m.get('params'))} params"
 
-    study, wlog = run_search(movinet_objective(cfg, out, log), space, MOVINET_OBJECTIVES, settings,
+    study, wlog = run_search(movinet_objective(cfg, out), space, MOVINET_OBJECTIVES, settings,
                              progress=progress, log=log, describe=line)
     return movinet_report(study, cfg, out, command)
 
