@@ -133,6 +133,9 @@ def test_parse_override():
 
 def test_apply_overrides_makes_sections():
     assert apply_overrides({}, ["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+    saved = {"optim": {"lr": 0.1}}
+    assert apply_overrides(saved, ["optim.lr=0.5"]) == {"optim": {"lr": 0.5}}
+    assert saved == {"optim": {"lr": 0.1}}  # the input (e.g. a checkpoint's config) is left as it was
 
 
 def test_exponent_float_without_dot_is_a_number(tmp_path):

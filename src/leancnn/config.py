@@ -489,7 +489,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
-    """Set each ``key.sub=value`` into the raw mapping (validation happens in :func:`from_dict`)."""
+    """A copy of the raw mapping with each ``key.sub=value`` set (validation happens in :func:`from_dict`). The
+    input is left as it was: a resumed run's saved config must stay what the checkpoint holds, or a changed key
+    would slip past the resume check."""
+    import copy
+
+    raw = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
         node = raw
