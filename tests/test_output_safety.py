@@ -30,6 +30,8 @@ PRUNE_FAST = ["search.population=4", "search.generations=1", "search.val_images=
               "calib_batches=1"]
 VIDEO_TINY = ["data.frames=8", "data.height=24", "data.width=24", "data.train=40", "data.val=20", "data.test=20",
               "data.batch_size=10", "train.epochs=1", "data.eval_batch_size=20"]
+RL_TINY = ["env.id=MiniGrid-Empty-5x5-v0", "env.n_envs=2", "ppo.n_steps=16", "ppo.batch_size=16", "train.frames=32",
+           "eval.episodes=1", "eval.final_episodes=1", "model.kwargs={depths: [4]}", "train.threads=1"]
 REG_TINY = ["data.val_pairs=1", "model.channels=[4,8]", "data.augment_scale=0", "train.epochs=1"]
 SEARCH_FAST = ["--trials", "1", "latency.samples=10", "latency.warmup=1", "latency.settle_seconds=0",
                "latency.loads=[0]", "latency.condition=idle", "val_images=64", "bn_batches=1", "calib_batches=1"]
@@ -60,9 +62,12 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
          "rrun": base / "regrun" / "run", "cfg": base / "cfg" / "train.yaml", "vcfg": base / "vcfg" / "video.yaml",
          "lcfg": base / "lcfg" / "latency.yaml", "scfg": base / "scfg" / "search.yaml",
          "rcfg": base / "rcfg" / "retrieve.yaml", "lrun": base / "lat" / "a",
-         "lrun2": base / "lat2" / "b"}
+         "lrun2": base / "lat2" / "b", "rlcfg": base / "rlcfg" / "rl.yaml", "rlrun": base / "rlrun" / "run"}
     assert main(["train", *CLF_TINY, "-o", str(p["clf"])]) == 0
     video.train_video(load_config(None, VIDEO_TINY, cls=VideoConfig), out=p["vrun"], quiet=True)
+    from leancnn.tasks.rl import RLConfig, train_rl
+
+    train_rl(load_config(None, RL_TINY, cls=RLConfig), out=p["rlrun"], quiet=True)
     write_phantoms(p["data"], n=6, deformation=1.0, affine=0.15)
     register.train_register(load_config(None, [f"data.root={p['data']}", *REG_TINY], cls=RegisterConfig),
                             out=p["rrun"], quiet=True)
@@ -73,6 +78,9 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                       ("lcfg", {"models": [{"checkpoint": str(p["clf"] / "best.pt")}], **LAT_TINY}),
                       ("rcfg", {"data": {"ids": 60, "views": 3, "p": 4, "k": 3, "train_styles": ["warm"],
                                          "test_style": "cool"}, "train": {"epochs": 1}}),
+                      ("rlcfg", {"env": {"id": "MiniGrid-Empty-5x5-v0", "n_envs": 2},
+                                 "ppo": {"n_steps": 16, "batch_size": 16}, "train": {"frames": 32},
+                                 "model": {"kwargs": {"depths": [4]}}}),
                       ("scfg", {"search": {"trials": 1}, "data": {"train": 20, "val": 10, "test": 10},
                                 "train": {"epochs": 1}, "latency": {"samples": 10, "warmup": 1, "settle_seconds": 0,
                                                                     "loads": [0], "condition": "idle"}})):
@@ -111,6 +119,9 @@ def _argv(row: str, p: dict[str, Path], out: Path) -> list[str]:
         "search prune": ["search", "prune", p["clf"], "-o", o, "--force", *SEARCH_FAST],
         "search movinet -c": ["search", "movinet", "-c", p["scfg"], "-o", o, "--force"],
         "retrieve train -c": ["retrieve", "train", "-c", p["rcfg"], "-o", o, "--force"],
+        "rl train -c": ["rl", "train", "-c", p["rlcfg"], "-o", o, "--force"],
+        "rl train --resume": ["rl", "train", "--resume", p["rlrun"] / "last.pt", "train.frames=64", "-o", o,
+                              "--force"],
         "demo": ["demo", "-c", p["cfg"], "-o", o, "--force"],
     }[row]
 
@@ -140,6 +151,8 @@ COMMANDS = [
     ("search prune", "clf", ("is", "is inside", "contains"), "-o", "search"),
     ("search movinet -c", "scfg", ("is", "is inside", "contains"), "-o", "search"),
     ("retrieve train -c", "rcfg", ("is", "is inside", "contains"), "-o", "retrieve"),
+    ("rl train -c", "rlcfg", ("is", "is inside", "contains"), "-o", "rl"),
+    ("rl train --resume", "rlrun", ("is inside", "contains"), "-o", "rl"),  # "is": continuing the run, allowed
     ("demo", "cfg", ("is", "is inside", "contains"), "-o", "demo"),
 ]
 CASES = [(row, key, rel, flag, cmd) for row, key, rels, flag, cmd in COMMANDS for rel in rels]

@@ -153,11 +153,37 @@ def test_retrieve_train_resume_evaluate(tmp_path, capsys):
     assert load_checkpoint(out / "last.pt")["task"] == "retrieve"
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "val_mAP" in hist[-1] and "train_triplet" in hist[-1]
+    capsys.readouterr()
+    assert main(["retrieve", "train", "--resume", str(out), "optim.lr=0.5"]) == 2  # not a resumable key
+    assert "'optim.lr' changed" in capsys.readouterr().err
     assert main(["retrieve", "train", "--resume", str(out), "train.epochs=2"]) == 0
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     capsys.readouterr()
     assert main(["retrieve", "evaluate", str(out)]) == 0
     assert "target" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_retrieve_trains_under_two_process_ddp(tmp_path):
+    """torchrun with 2 processes: each rank takes half of every P x K batch, rank 0 alone writes the run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from leancnn.train import load_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "leancnn", "retrieve",
+           "train", *TINY_RET, "-o", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    state = load_checkpoint(out / "last.pt")
+    assert state["world_size"] == 2 and state["task"] == "retrieve"
+    assert r.stdout.count("run written to") == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["test"]["target"]["queries"] == 18
 
 
 @pytest.mark.parametrize("args, match", [

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_parser(sub)
     _add_search_parser(sub)
     _add_retrieve_parser(sub)
+    _add_rl_parser(sub)
     _add_register_parser(sub)
 
     p = sub.add_parser("demo", help="the whole pipeline in a few minutes, with a Markdown report",
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 # (the latency tool's own measured conditions set their threads themselves and keep the user's environment)
 _COMPUTING = {"train": None, "evaluate": None, "lodo": None, "demo": None, "prune": None,
               "video": ("train", "evaluate", "ensemble", "stream", "export"),
-              "register": ("train", "predict", "evaluate"), "retrieve": ("train", "evaluate")}
+              "register": ("train", "predict", "evaluate"), "retrieve": ("train", "evaluate"),
+              "rl": ("train", "evaluate")}
 
 
 def _threads_type(text: str):
@@ -263,6 +265,42 @@ def _run_retrieve(args: argparse.Namespace) -> int:
         return retrieve.train_command(args.config, args.overrides, args.resume, args.out, args.force)
     results = retrieve.evaluate_checkpoint(args.checkpoint, args.device)
     print(report.format_table(retrieve.result_rows(results), ["test", "rank-1", "rank-5", "rank-10", "mAP"]))
+    return 0
+
+
+def _add_rl_parser(sub) -> None:
+    p = sub.add_parser("rl", help="PPO in pixels under visual shift (MiniGrid styles), with MixStyle: train, evaluate",
+                       description="PPO (stable-baselines3) on a MiniGrid task seen in pixels, trained in some visual "
+                                   "styles and tested in unseen ones (docs/mixstyle.md). The feature extractor is a "
+                                   "leancnn model (default the IMPALA CNN); MixStyle by name: "
+                                   "model.mixstyle.after=[seq0,seq1].")
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("train", help="train an agent; success rate and return in training and unseen styles")
+    _add_config_args(q)
+    q.add_argument("-o", "--out", help="run directory (default runs/<name>-<time>)")
+    q.add_argument("--resume", help="a run directory or last.pt to continue exactly (train.frames=N extends it)")
+    q.add_argument("--force", action="store_true", help=FORCE_RUN)
+    q = rsub.add_parser("evaluate", help="success rate and return of a run's agent in its training and unseen styles")
+    q.add_argument("checkpoint", help="an RL run directory or its last.pt")
+    q.add_argument("--episodes", type=int, help="episodes per style set (default: the run's eval.final_episodes)")
+    q.add_argument("--styles", nargs="+", help="evaluate in these styles instead (any of the style table)")
+    q.add_argument("--deterministic", action="store_true", help="take the most likely action (default: sample, "
+                                                                "as the run's eval.deterministic says)")
+    q.add_argument("--device", default="cpu")
+
+
+def _run_rl(args: argparse.Namespace) -> int:
+    from . import report
+    from .errors import LeancnnError
+    from .tasks import rl
+
+    if args.action == "train":
+        return rl.train_command(args.config, args.overrides, args.resume, args.out, args.force)
+    if args.episodes is not None and args.episodes < 1:
+        raise LeancnnError(f"--episodes must be >= 1, got {args.episodes}")
+    results = rl.evaluate_checkpoint(args.checkpoint, args.episodes, args.styles,
+                                     True if args.deterministic else None, args.device)
+    print(report.format_table(rl.result_rows(results), ["styles", "success", "return", "length", "episodes"]))
     return 0
 
 
@@ -550,6 +588,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_search(args)
     elif args.command == "retrieve":
         return _run_retrieve(args)
+    elif args.command == "rl":
+        return _run_rl(args)
     elif args.command == "register":
         return _run_register(args)
     elif args.command == "demo":

@@ -110,7 +110,7 @@ class TaskSpec:
 
 _TASKS: dict[str, TaskSpec] = {}
 _BUILTIN = {"classify": "leancnn.tasks.classify", "video": "leancnn.tasks.video", "register": "leancnn.tasks.register",
-            "retrieve": "leancnn.tasks.retrieve"}
+            "retrieve": "leancnn.tasks.retrieve", "rl": "leancnn.tasks.rl"}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:

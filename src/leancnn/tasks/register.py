@@ -63,10 +63,8 @@ from ..config import (
     OptimConfig,
     ScheduleConfig,
     TrainConfig,
-    apply_overrides,
     check_warmup,
     from_dict,
-    load_config,
     rule,
 )
 from ..data.registration import (
@@ -87,16 +85,17 @@ from ..losses.registration_metrics import field_regularity, hausdorff95_mm, rms,
 from ..models.regnet import build_regnet, count_params
 from ..nn.warp import resize_ddf, resize_volume, warp
 from ..outputs import check_output, check_output_dir, staged_dir
-from ..train import DistContext, Task, load_checkpoint
+from ..train import DistContext, Task
 from ..train.engine import progress_enabled
 from .lifecycle import train_task
-from .protocol import Prepared, TaskSpec, expect_task, load_run, register_task
+from .protocol import Prepared, TaskSpec, load_run, register_task
 from .runs import (
     check_path_arg,
     check_run_output,
     checkpoint_inputs,
     default_run_dir,
     resolve_device,
+    resolve_train_config,
 )
 
 GLAND = 0  # label index of the gland (Dice); the others are landmarks (TRE)
@@ -824,13 +823,7 @@ def resolve_register_config(config: str | None, overrides: Sequence[str], resume
                             data: str | None) -> tuple[RegisterConfig, dict | None]:
     """The config of ``leancnn register train`` and the checkpoint it resumes (read once; None without one)."""
     overrides = list(overrides) + ([f"data.root={data}"] if data else [])
-    state = None
-    if resume is not None:
-        state = load_checkpoint(check_path_arg(resume, "--resume"))
-        expect_task(state, ("register",), "leancnn register train --resume", "a registration run")
-        if not config:
-            return from_dict(RegisterConfig, apply_overrides(dict(state.get("config") or {}), overrides)), state
-    return load_config(config, overrides, cls=RegisterConfig), state
+    return resolve_train_config(RegisterConfig, "register", "a registration run", config, overrides, resume)
 
 
 def train_command(config: str | None, overrides: Sequence[str], data: str | None = None, resume: str | None = None,

@@ -317,18 +317,9 @@ __all__ = ["RetrieveConfig", "RetrievalTask", "build_retrieval_model", "evaluate
 
 def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> tuple[RetrieveConfig, dict | None]:
     """The config of ``leancnn retrieve train`` and the checkpoint it resumes (read once; None without one)."""
-    from ..config import apply_overrides, from_dict, load_config
-    from ..train import load_checkpoint
-    from .protocol import expect_task
-    from .runs import check_path_arg
+    from .runs import resolve_train_config
 
-    state = None
-    if resume is not None:
-        state = load_checkpoint(check_path_arg(resume, "--resume"))
-        expect_task(state, ("retrieve",), "leancnn retrieve train --resume", "a retrieval run")
-        if not config:
-            return from_dict(RetrieveConfig, apply_overrides(dict(state.get("config") or {}), overrides)), state
-    return load_config(config, overrides, cls=RetrieveConfig), state
+    return resolve_train_config(RetrieveConfig, "retrieve", "a retrieval run", config, overrides, resume)
 
 
 def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,

@@ -147,6 +147,24 @@ def check_run_output(out: str | os.PathLike, config: str | os.PathLike | None = 
     return check_output(out, [*inputs, *data], "-o", own=own)
 
 
+def resolve_train_config(cls: type, task: str, need: str, config: str | os.PathLike | None, overrides,
+                         resume: str | os.PathLike | None) -> tuple[Any, dict | None]:
+    """The config of ``leancnn <task> train`` and the checkpoint it resumes (read once; None without one). With
+    ``--resume`` and no ``-c``, the checkpoint's own config with the overrides applied (the resume check compares the
+    two); a checkpoint of another task is refused naming both (``need``: what the command takes, e.g. "a video run")."""
+    from ..config import apply_overrides, from_dict, load_config
+    from ..train.checkpoint import load_checkpoint
+    from .protocol import expect_task
+
+    state = None
+    if resume is not None:
+        state = load_checkpoint(check_path_arg(resume, "--resume"))
+        expect_task(state, (task,), f"leancnn {task} train --resume", need)
+        if not config:
+            return from_dict(cls, apply_overrides(state.get("config") or {}, list(overrides))), state
+    return load_config(config, list(overrides), cls=cls), state
+
+
 def data_inputs(*folders: str) -> list[tuple[str, Path]]:
     """The cached data folders a task reads (``$LEANCNN_CACHE/<folder>``), as inputs for ``check_output``."""
     from ..io import cache_dir
@@ -217,9 +235,11 @@ def agree(ctx: DistContext, check: Callable[[], Any]) -> Any:
 # ----------------------------------------------------------------------------------------- resume
 
 
-def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epochs: int, source: str) -> None:
+def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epochs: int, source: str,
+                 length: tuple[str, str] = ("train.epochs", "epochs")) -> None:
     """Refuse a resume whose config differs from the checkpoint's in a key that is not resumable, or
-    that asks for fewer epochs than the checkpoint has already completed."""
+    that asks for fewer epochs than the checkpoint has already completed (``length``: the config key that says
+    how long a run is, and its unit; an RL run counts ``train.frames``)."""
     if not saved_config:
         raise LeancnnError(f"{source} holds no config; it cannot be resumed")
     try:
@@ -234,9 +254,13 @@ def check_resume(saved_config: dict | None, cfg: ExperimentConfig, completed_epo
         raise LeancnnError(f"cannot resume {source} with '{key}' changed ({old!r} in the checkpoint, {new!r} now)"
                            f"{more}; on --resume only {', '.join(resumable)} may change: start a new run "
                            "to change anything else")
-    if cfg.train.epochs < completed_epochs:
-        raise LeancnnError(f"train.epochs={cfg.train.epochs} but {source} has already completed {completed_epochs} "
-                           "epochs; a run cannot be shortened")
+    key, unit = length
+    wanted = cfg
+    for part in key.split("."):
+        wanted = getattr(wanted, part)
+    if wanted < completed_epochs:
+        raise LeancnnError(f"{key}={wanted} but {source} has already completed {completed_epochs} "
+                           f"{unit}; a run cannot be shortened")
 
 
 # ----------------------------------------------------------------------------------------- fingerprints

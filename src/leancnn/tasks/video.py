@@ -31,7 +31,6 @@ from ..config import (
     OptimConfig,
     ScheduleConfig,
     TrainConfig,
-    apply_overrides,
     check_warmup,
     from_dict,
     load_config,
@@ -44,11 +43,11 @@ from ..models import create_model, get_model_entry
 from ..models.movinet import MoViNet, detach_state
 from ..nn import count_macs
 from ..outputs import check_output, check_output_file
-from ..train import DistContext, Trainer, load_checkpoint
+from ..train import DistContext, Trainer
 from ..train.engine import progress_enabled
 from .classification import ClassifyTask, check_batch_layout, eval_loader, train_loader
 from .lifecycle import train_task
-from .protocol import Prepared, TaskSpec, expect_task, load_run, register_task
+from .protocol import Prepared, TaskSpec, load_run, register_task
 from .runs import (
     check_path_arg,
     check_run_dir,
@@ -57,6 +56,7 @@ from .runs import (
     data_inputs,
     resolve_checkpoint,
     resolve_device,
+    resolve_train_config,
     train_cached_with,
     world_size_from_env,
 )
@@ -396,13 +396,7 @@ def result_rows(results: dict) -> list[list]:
 def resolve_video_config(config: str | None, overrides: list[str], resume: str | None
                          ) -> tuple[VideoConfig, dict | None]:
     """The config of ``leancnn video train`` and the checkpoint it resumes (read once; None without one)."""
-    state = None
-    if resume is not None:
-        state = load_checkpoint(check_path_arg(resume, "--resume"))
-        expect_task(state, ("video",), "leancnn video train --resume", "a video run")
-        if not config:
-            return from_dict(VideoConfig, apply_overrides(dict(state.get("config") or {}), overrides)), state
-    return load_config(config, overrides, cls=VideoConfig), state
+    return resolve_train_config(VideoConfig, "video", "a video run", config, overrides, resume)
 
 
 def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
