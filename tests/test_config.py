@@ -286,6 +286,13 @@ def test_shipped_config_loads(path):
 
         assert load_config(path, cls=VideoConfig).model.name in list_models()
         return
+    if path.name.startswith("rl_"):  # RL agents: their own schema; a MiniGrid id and a registered model
+        from leancnn.data.styled_env import env_ids
+        from leancnn.tasks.rl import RLConfig
+
+        rcfg = load_config(path, cls=RLConfig)
+        assert rcfg.env.id in env_ids() and rcfg.model.name in list_models()
+        return
     if path.name.startswith("latency_"):  # latency grids: every model registered, every condition runnable here
         from leancnn.latency.config import LatencyConfig
         from leancnn.latency.measure import plan_conditions
