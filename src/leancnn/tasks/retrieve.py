@@ -315,22 +315,12 @@ __all__ = ["RetrieveConfig", "RetrievalTask", "build_retrieval_model", "evaluate
            "train_retrieve"]
 
 
-def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> tuple[RetrieveConfig, dict | None]:
-    """The config of ``leancnn retrieve train`` and the checkpoint it resumes (read once; None without one)."""
-    from .runs import resolve_train_config
-
-    return resolve_train_config(RetrieveConfig, "retrieve", "a retrieval run", config, overrides, resume)
-
-
 def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
                   force: bool = False) -> int:
     """``leancnn retrieve train`` (under ``torchrun`` every process runs this; the lifecycle does DDP)."""
-    from .runs import check_path_arg, check_run_output, data_inputs, default_run_dir
+    from .runs import data_inputs, resolve_train_run
 
-    out = check_path_arg(out, "-o")
-    cfg, state = resolve_config(config, overrides, resume)
-    if state is not None and out is None:
-        out = Path(state["path"]).parent
-    check_run_output(out or default_run_dir(cfg), config, resume, data=data_inputs("digits"))
-    train_retrieve(cfg, out=out, resume=state, force=force)
+    cfg, state, out_path = resolve_train_run(RetrieveConfig, "retrieve", "a retrieval run", config, overrides, resume,
+                                             out, data=data_inputs("digits"))
+    train_retrieve(cfg, out=out_path, resume=state, force=force)
     return 0

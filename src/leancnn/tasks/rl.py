@@ -585,23 +585,13 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None, styles: l
     return {k: evaluate_policy(run.model, cfg, v, n, deterministic=deterministic) for k, v in groups.items()}
 
 
-def resolve_config(config: str | None, overrides: list[str], resume: str | None) -> tuple[RLConfig, dict | None]:
-    """The config of ``leancnn rl train`` and the checkpoint it resumes (read once; None without one)."""
-    from .runs import resolve_train_config
-
-    return resolve_train_config(RLConfig, "rl", "an RL run", config, overrides, resume)
-
-
 def train_command(config: str | None, overrides: list[str], resume: str | None = None, out: str | None = None,
                   force: bool = False) -> int:
-    from .runs import check_path_arg, check_run_output, default_run_dir
+    """``leancnn rl train``."""
+    from .runs import resolve_train_run
 
-    out = check_path_arg(out, "-o")
-    cfg, state = resolve_config(config, overrides, resume)
-    if state is not None and out is None:
-        out = Path(state["path"]).parent
-    check_run_output(out or default_run_dir(cfg), config, resume)
-    train_rl(cfg, out=out, resume=state, force=force)
+    cfg, state, out_path = resolve_train_run(RLConfig, "rl", "an RL run", config, overrides, resume, out)
+    train_rl(cfg, out=out_path, resume=state, force=force)
     return 0
 
 

@@ -165,6 +165,20 @@ def resolve_train_config(cls: type, task: str, need: str, config: str | os.PathL
     return load_config(config, list(overrides), cls=cls), state
 
 
+def resolve_train_run(cls: type, task: str, need: str, config: str | os.PathLike | None, overrides,
+                      resume: str | os.PathLike | None, out: str | os.PathLike | None,
+                      data: list[tuple[str, Path]] = ()) -> tuple[Any, dict | None, Path | None]:
+    """What ``leancnn <task> train`` starts from: the config and resumed checkpoint (:func:`resolve_train_config`)
+    and ``-o`` (a resume without ``-o`` continues in the checkpoint's directory), checked against every input
+    (:func:`check_run_output`; ``data``: the data folders it reads). ``out`` stays None for the default directory."""
+    out_path = check_path_arg(out, "-o")
+    cfg, state = resolve_train_config(cls, task, need, config, overrides, resume)
+    if state is not None and out_path is None:
+        out_path = Path(state["path"]).parent
+    check_run_output(out_path or default_run_dir(cfg), config, resume, data=list(data))
+    return cfg, state, out_path
+
+
 def data_inputs(*folders: str) -> list[tuple[str, Path]]:
     """The cached data folders a task reads (``$LEANCNN_CACHE/<folder>``), as inputs for ``check_output``."""
     from ..io import cache_dir
