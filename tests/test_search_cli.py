@@ -121,9 +121,12 @@ def test_ctrl_c_keeps_the_finished_trials_and_resume_continues(source, tmp_path)
 
     out = tmp_path / "ps"
     exe = Path(sys.executable).with_name("leancnn")
+    # Ctrl-C's default disposition in the child: a suite started as a background job of a non-interactive shell
+    # (`cmd &`) ignores SIGINT, and an ignored signal stays ignored across exec
     p = subprocess.Popen([str(exe), "search", "prune", str(source), "-o", str(out), "--trials", "50", *FAST],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in p.stdout:  # one finished trial, then Ctrl-C mid-search
         if line.startswith("trial") and "[2/50]" in line:
             break
