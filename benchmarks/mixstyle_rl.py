@@ -45,8 +45,11 @@ def config(variant: str, seed: int, extra: list[str]):
     return load_config(None, [*BASE, *extra, *VARIANTS[variant][1], f"train.seed={seed}"], cls=RLConfig)
 
 
+TAG = ""  # --tag: another experiment (its own run directories, section and figures)
+
+
 def run_dir(variant: str, seed: int) -> Path:
-    return bench_dir("mixstyle_rl") / f"{key(variant)}_s{seed}"
+    return bench_dir("mixstyle_rl") / TAG / f"{key(variant)}_s{seed}"
 
 
 def train_one(variant: str, seed: int, extra: list[str]) -> dict:
@@ -114,14 +117,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (each with one thread)")
+    ap.add_argument("--variants", nargs="+", choices=[k for k, _ in VARIANTS.values()],
+                    help="run only these variants (default: all)")
+    ap.add_argument("--tag", default="", help="name of another experiment (e.g. 4styles with "
+                                              "env.train_styles=[...]): its own runs, results section and figures")
     ap.add_argument("--one", nargs=2, metavar=("VARIANT_KEY", "SEED"), help=argparse.SUPPRESS)
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.frames=30000)")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.frames=30000); "
+                                                 "with --tag, so that cached runs of other experiments stay")
     a = ap.parse_args()
+    global TAG
+    TAG = a.tag
     by_key = {key(v): v for v in VARIANTS}
+    chosen = [v for v in VARIANTS if not a.variants or key(v) in a.variants]
     if a.one:
         train_one(by_key[a.one[0]], int(a.one[1]), a.overrides)
         return
-    todo = [(v, s) for v in VARIANTS for s in a.seeds if cached(v, s, a.overrides) is None]
+    todo = [(v, s) for v in chosen for s in a.seeds if cached(v, s, a.overrides) is None]
     running: list[subprocess.Popen] = []
     start = time.time()
     while todo or running:
@@ -130,12 +141,12 @@ def main() -> None:
         while todo and len(running) < a.jobs:
             v, s = todo.pop(0)
             print(f"training {v}, seed {s} -> {run_dir(v, s)}", flush=True)
-            running.append(subprocess.Popen([sys.executable, __file__, "--one", key(v), str(s), *a.overrides],
-                                            cwd=ROOT))
+            running.append(subprocess.Popen([sys.executable, __file__, "--one", key(v), str(s), "--tag", TAG,
+                                             *a.overrides], cwd=ROOT))
         time.sleep(2)
     if time.time() - start > 5:
         print(f"trained in {(time.time() - start) / 60:.1f} min", flush=True)
-    results = {v: [cached(v, s, a.overrides) for s in a.seeds] for v in VARIANTS}
+    results = {v: [cached(v, s, a.overrides) for s in a.seeds] for v in chosen}
     cfg0 = config("vanilla", 0, a.overrides)
     test_styles = cfg0.env.test_styles
     rows = []
@@ -151,9 +162,11 @@ def main() -> None:
     per_seed = [[v, s, f"{100 * r['final']['test_styles']['success']:.1f}",
                  f"{100 * r['final']['train_styles']['success']:.1f}"]
                 for v, runs in results.items() for s, r in zip(a.seeds, runs)]
-    img = ROOT / "docs" / "img" / "mixstyle_rl.png"
+    suffix = f"_{TAG}" if TAG else ""
+    img = ROOT / "docs" / "img" / f"mixstyle_rl{suffix}.png"
     figure(results, img)
-    styles_figure(cfg0.env.id, cfg0.env.train_styles, test_styles, ROOT / "docs" / "img" / "minigrid_styles.png")
+    styles_figure(cfg0.env.id, cfg0.env.train_styles, test_styles,
+                  ROOT / "docs" / "img" / f"minigrid_styles{suffix}.png")
     c = cfg0
     body = "\n".join([
         f"PPO (stable-baselines3) on **{c.env.id}** in pixels (the agent's 7x7-cell view, {c.env.tile_size} px per "
@@ -167,15 +180,17 @@ def main() -> None:
         f"goal reached; return = MiniGrid's reward (1 - 0.9 x steps / limit at the goal, -1 for running into an "
         f"obstacle, 0 at the step limit). Mean ± std over seeds {', '.join(map(str, a.seeds))}; success in %.", "",
         report.format_table(rows, ["variant", "unseen styles success", "same, last 3 evaluations", "unseen return",
-                                   *[f"{s} success" for s in test_styles], "training style success",
+                                   *[f"{s} success" for s in test_styles], "training style(s) success",
                                    "same, last 3 evaluations", "training return", "time per run"], markdown=True),
         "", f"'Last 3 evaluations': the mean success of the evaluations at the last three checkpoints "
             f"({c.eval.episodes} episodes each), which is less at the mercy of one PPO update than the final "
             "snapshot.",
         "", "Per seed (success in %, final evaluation):", "",
         report.format_table(per_seed, ["variant", "seed", "unseen styles", "training style"], markdown=True),
-        "", "![the styles](img/minigrid_styles.png)", "", "![success during training](img/mixstyle_rl.png)"])
-    write_section("results.md", "mixstyle-rl", "MixStyle: reinforcement learning under visual shift", body)
+        "", f"![the styles](img/minigrid_styles{suffix}.png)", "",
+        f"![success during training](img/mixstyle_rl{suffix}.png)"])
+    write_section("results.md", f"mixstyle-rl{'-' + TAG if TAG else ''}",
+                  "MixStyle: reinforcement learning under visual shift" + (f" ({TAG})" if TAG else ""), body)
     print(body)
 
 
