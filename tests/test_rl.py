@@ -20,7 +20,7 @@ from leancnn.nn.mixstyle import mixstyle_modules
 from leancnn.train import load_checkpoint
 
 TINY = ["env.id=MiniGrid-Empty-5x5-v0", "env.n_envs=2", "ppo.n_steps=16", "ppo.batch_size=16", "train.eval_every=32",
-        "eval.episodes=2", "eval.final_episodes=2", "eval.parallel=2", "model.kwargs={depths: [4, 8]}",
+        "eval.episodes=1", "eval.final_episodes=2", "eval.parallel=2", "model.kwargs={depths: [4, 8]}",
         "train.threads=1"]
 
 
@@ -160,7 +160,7 @@ def test_mixstyle_mixes_while_training_and_never_at_evaluation(monkeypatch, tmp_
 
     monkeypatch.setattr(rl, "evaluate_policy", evaluating)
     monkeypatch.setattr("leancnn.tasks.digits.insert_mixstyle", insert_and_watch)
-    cfg = rl_config("model.mixstyle.after=[seq0]", "model.mixstyle.p=1.0", "train.frames=64")
+    cfg = rl_config("model.mixstyle.after=[seq0]", "model.mixstyle.p=1.0", "train.frames=32")
     summary = rl.train_rl(cfg, out=tmp_path / "a", quiet=True)
     mixed = {(p, b) for p, b, m in events if m}
     evals = [e for e in events if e[0] == "eval"]
@@ -198,12 +198,12 @@ def test_resume_continues_exactly(tmp_path, mix):
     from leancnn.tasks.rl import train_rl
 
     extra = ["model.mixstyle.after=[seq0]", "model.mixstyle.p=1.0"] if mix else []
-    straight = train_rl(rl_config(*extra, "train.frames=96"), out=tmp_path / "a", quiet=True)
+    straight = train_rl(rl_config(*extra, "train.frames=64"), out=tmp_path / "a", quiet=True)
     train_rl(rl_config(*extra, "train.frames=32"), out=tmp_path / "b", quiet=True)
-    resumed = train_rl(rl_config(*extra, "train.frames=96"), out=tmp_path / "b", resume=tmp_path / "b" / "last.pt",
+    resumed = train_rl(rl_config(*extra, "train.frames=64"), out=tmp_path / "b", resume=tmp_path / "b" / "last.pt",
                        quiet=True)
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["frames"] == b["frames"] == 96 and a["updates"] == b["updates"]
+    assert a["frames"] == b["frames"] == 64 and a["updates"] == b["updates"]
     assert np.array_equal(a["last_obs"], b["last_obs"])  # the same states and actions all the way
     assert [pickle.loads(e)["env"].unwrapped.agent_pos for e in a["envs"]] == \
         [pickle.loads(e)["env"].unwrapped.agent_pos for e in b["envs"]]
@@ -212,9 +212,9 @@ def test_resume_continues_exactly(tmp_path, mix):
             assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6), k
         else:
             assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [r["frames"] for r in resumed["history"]] == [32, 64, 96] == [r["frames"] for r in straight["history"]]
+    assert [r["frames"] for r in resumed["history"]] == [32, 64] == [r["frames"] for r in straight["history"]]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["frames"] for x in lines] == [32, 64, 96]
+    assert [json.loads(x)["frames"] for x in lines] == [32, 64]
 
 
 @pytest.mark.slow
