@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from helpers.procs import default_sigint, proc_stat
 
-from leancnn.config import from_dict
 from leancnn import loadspec
+from leancnn.config import from_dict
 from leancnn.errors import ConfigError, LeancnnError
 from leancnn.latency.cleanup import active_loads, stop_all
 from leancnn.latency.loads import CpuLoad, LoadDiedError
 from leancnn.latency.quota import CpuQuota, quota_support
-from leancnn.latency.system import system_snapshot
+from leancnn.latency.system import cpu_label, system_snapshot
 from leancnn.loadspec import LoadSpec
 
 VICTIM = Path(__file__).parent / "helpers" / "load_victim.py"
@@ -373,3 +373,13 @@ def test_system_snapshot_records_the_confounders():
         assert snap["cpu_freq_source"] and 100 < snap["cpu_mhz_mean"] < 10_000
         assert len(snap["cpu_mhz"]) == len(snap["affinity"])
     json.dumps(snap)  # JSON-ready for the results file
+    assert set(snap["cpu"]) == {"vendor", "model_name", "family", "model", "stepping"}
+
+
+def test_cpu_label_tells_two_epyc_generations_apart():
+    milan = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": 25, "model": 1, "stepping": 1}
+    genoa = {**milan, "model": 17}
+    assert cpu_label(milan) == "AMD EPYC (family 25 model 1 stepping 1)"
+    assert cpu_label(genoa, name=False) == "family 25 model 17 stepping 1"
+    assert cpu_label(None) is None and cpu_label({"family": None}) is None  # a run from before the record
+    assert cpu_label({"model_name": "Apple M2", "family": None}) == "Apple M2"

@@ -1,18 +1,20 @@
 """The latency-under-contention report (issue 11) on synthetic run directories: a planted rank reversal between
 two load levels is found with "load" as the differing axis, identical models give none, samples of an interrupted
-condition are ignored, a dead load is flagged, compare() finds a cross-device reversal, errors name the file."""
+condition are ignored, a dead load is flagged, compare() finds a cross-device reversal and says which orders hold,
+reverse or stay unsettled between two machines, errors name the file."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from leancnn.errors import LeancnnError
-from leancnn.latency.report import FIGURES, analyse, compare, load_run, write_report
+from leancnn.latency.report import FIGURES, analyse, compare, cross_device_summary, load_run, write_report
 
 N, BLOCKS = 300, 20  # latencies per model and condition, randomised blocks per condition
 
@@ -118,7 +120,7 @@ def test_identical_models_no_reversal(tmp_path):
     run = make_run(tmp_path / "run", [condition("c01"), condition("c02", workers=2)],
                    {"c01": {"A": 0.010, "B": 0.010}, "c02": {"A": 0.020, "B": 0.020}}, seed=1)
     result = analyse(load_run(run), n_boot=2000)
-    assert result["reversals"] == []
+    assert result["reversals"] == [] and result["cross_device"] is None
     json.dumps(result, allow_nan=False)
     write_report(run, out=tmp_path / "out")
     assert "No rank reversal found: 4 tests over 2 conditions" in (tmp_path / "out" / "report.md").read_text()
@@ -148,3 +150,76 @@ def test_errors_name_the_file(tmp_path):
     run = make_run(tmp_path / "run", [condition("c01", status="skipped")], {"c01": {"A": 0.01, "B": 0.01}})
     with pytest.raises(LeancnnError, match=r"conditions\.jsonl lists no completed condition"):
         load_run(run)
+
+
+MILAN = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": 25, "model": 1, "stepping": 1}
+ABC = {"A": N, "B": N, "C": N}
+
+
+def two_machines(tmp_path: Path, cpus: tuple = (None, None)) -> tuple[Path, Path]:
+    """The same grid (idle, 2 workers) on two machines with one device string. Idle: A < B < C on machine 1,
+    B < A < C on machine 2 (A vs B reverses, the rest holds); 2 workers: B < A < C on machine 1, A = B < C on
+    machine 2 (A vs B unsettled there). Machine 2 also ran a 1-worker condition machine 1 did not."""
+    def conds(cpu, extra=()):
+        snap = {"loadavg_1": 0.5, "cpu_mhz_mean": 2400.0, **({"cpu": cpu} if cpu else {})}
+        return [condition(cid, w, samples_per_model=ABC, snapshot_before=snap) for cid, w in (("c01", 0), ("c02", 2),
+                                                                                                 *extra)]
+    m1 = make_run(tmp_path / "milan", conds(cpus[0]), {"c01": {"A": 0.010, "B": 0.012, "C": 0.020},
+                                                       "c02": {"A": 0.020, "B": 0.015, "C": 0.040}})
+    m2 = make_run(tmp_path / "genoa", conds(cpus[1], [("c03", 1)]),
+                  {"c01": {"A": 0.010, "B": 0.008, "C": 0.020}, "c02": {"A": 0.020, "B": 0.020, "C": 0.040},
+                   "c03": {"A": 0.015, "B": 0.015, "C": 0.030}}, seed=3)
+    return m1, m2
+
+
+def test_compare_says_which_orders_hold_and_which_reverse_across_machines(tmp_path):
+    m1, m2 = two_machines(tmp_path, (MILAN, {**MILAN, "model": 17}))
+    report = compare([m1, m2], tmp_path / "both", n_boot=2000)
+    result = json.loads((tmp_path / "both" / "analysis.json").read_text())
+    prefixes = {c["run"]: c["device"] for c in result["conditions"]}
+    assert prefixes == {"milan": "cpu [family 25 model 1 stepping 1]", "genoa": "cpu [family 25 model 17 stepping 1]"}
+    (pair,) = result["cross_device"]["pairs"]
+    assert (pair["run_1"]["name"], pair["run_2"]["name"], pair["matched"]) == ("milan", "genoa", 2)
+    assert pair["unmatched_1"] == [] and pair["unmatched_2"] == ["2.c03"]
+    for stat in ("median", "p99"):
+        assert pair["counts"][stat] == {"compared": 6, "holds": 4, "reverses": 1, "unsettled": 1,
+                                        "settled_1_only": 1, "settled_2_only": 0, "settled_neither": 0,
+                                        "unsettled_same_direction": pair["counts"][stat]["unsettled_same_direction"]}
+    rows = read_csv(tmp_path / "both" / "cross_device.csv")
+    assert len(rows) == 12 and {r["run_1"] + "/" + r["run_2"] for r in rows} == {"milan/genoa"}
+    got = {(r["setting"].split(",")[0], r["a"], r["b"], r["statistic"]): r for r in rows}
+    for stat in ("median", "p99"):
+        rev = got["idle", "A", "B", stat]
+        assert (rev["agreement"], rev["faster_1"], rev["faster_2"]) == ("reverses", "A", "B")
+        assert float(rev["ratio_1"]) < 1 < float(rev["ratio_2"]) and float(rev["p_holm_2"]) <= 0.05
+        assert float(rev["ratio_1"]) == pytest.approx(10 / 12, rel=0.06)
+        assert float(rev["ratio_2"]) == pytest.approx(10 / 8, rel=0.06)
+        tie = got["load 2x100%", "A", "B", stat]
+        assert (tie["agreement"], tie["settled"], tie["faster_1"], tie["faster_2"]) == ("unsettled", "1 only", "B",
+                                                                                        "")
+        assert all(got[lv, a, "C", stat]["agreement"] == "holds" and got[lv, a, "C", stat]["faster_2"] == a
+                   for lv in ("idle", "load 2x100%") for a in ("A", "B"))
+    taus = {(r["setting"].split(",")[0], r["statistic"]): r for r in read_csv(tmp_path / "both" /
+                                                                              "cross_device_tau.csv")}
+    assert float(taus["idle", "median"]["tau"]) == pytest.approx(1 / 3)  # A<B<C vs B<A<C: 1 discordant of 3
+    assert taus["idle", "median"]["discordant"] == "1" and taus["idle", "median"]["n_models"] == "3"
+    text = report.read_text()
+    assert "## Across devices" in text and "Orders that reverse between the machines" in text
+    assert re.search(r"\| idle, 1 thread, eager, batch 1 +\| A vs B +\| median +\| A: 0\.8\d\d \[.*\| B: 1\.2", text)
+    lines = cross_device_summary(result)
+    assert lines[0].startswith("milan vs genoa, median: 4 hold, 1 reverse, 1 unsettled (settled on milan only 1")
+    assert len(lines) == 2
+
+
+def test_compare_same_device_string_without_cpu_record(tmp_path):
+    """Old runs record no CPU identity and the same device string: prefixed by the run directory's name, and the
+    cross-device analysis matches them all the same."""
+    m1, m2 = two_machines(tmp_path)
+    assert load_run(m1).sources[0]["cpu"] is None
+    compare([m1, m2], tmp_path / "both", n_boot=2000)
+    result = json.loads((tmp_path / "both" / "analysis.json").read_text())
+    assert {c["device"] for c in result["conditions"]} == {"cpu (milan)", "cpu (genoa)"}
+    (pair,) = result["cross_device"]["pairs"]
+    assert pair["counts"]["median"]["reverses"] == 1 and pair["counts"]["median"]["holds"] == 4
+    with pytest.raises(LeancnnError, match="already holds a latency report"):
+        compare([m1, m2], tmp_path / "both", n_boot=2000)

@@ -19,6 +19,7 @@ from leancnn.latency import (
     kendall_tau,
     latency_cells,
     min_samples,
+    order_agreement,
     pairwise,
     quantile_label,
     rank_reversals,
@@ -263,6 +264,44 @@ def test_column_table_forms_agree_and_blocks_are_paired():
 
 
 # ------------------------------------------------------------------------------------------------ rankings
+
+
+def _test(cond, a, b, ratio, p_holm, q=0.5, alpha=0.05):
+    sig = p_holm <= alpha
+    return {"condition": cond, "a": a, "b": b, "quantile": q, "statistic": quantile_label(q), "ratio": ratio,
+            "ratio_ci": [ratio * 0.95, ratio * 1.05], "log_ratio": math.log(ratio), "log_ratio_se": 0.01,
+            "delta": ratio - 1, "delta_ci": [ratio - 1.05, ratio - 0.95], "p_holm": p_holm, "significant": sig, "faster": (a if ratio < 1 else b) if sig else None}
+
+
+def test_order_agreement_holds_reverses_unsettled_by_hand():
+    """Two machines x one setting: a<b holds, a<c reverses, b vs c settled on machine 1 only; machine 2 tested
+    (c, b) the other way round, so its ratio is turned round before comparing."""
+    tests = [_test("m1", "a", "b", 0.8, 0.001), _test("m1", "a", "c", 0.7, 0.002), _test("m1", "b", "c", 0.9, 0.01),
+             _test("m2", "a", "b", 0.85, 0.003), _test("m2", "a", "c", 1.25, 0.001), _test("m2", "c", "b", 0.98, 0.6),
+             _test("m3", "a", "b", 1.0, 1.0)]
+    res = {"alpha": 0.05, "conditions": ["m1", "m2", "m3"], "tests": tests}
+    out = {(r["a"], r["b"]): r for r in order_agreement(res, [("m1", "m2")])}
+    assert {k: (r["agreement"], r["settled"]) for k, r in out.items()} == {
+        ("a", "b"): ("holds", "both"), ("a", "c"): ("reverses", "both"), ("b", "c"): ("unsettled", "1 only")}
+    assert (out["a", "c"]["faster_1"], out["a", "c"]["faster_2"]) == ("a", "c")
+    bc = out["b", "c"]
+    assert bc["ratio_2"] == pytest.approx(1 / 0.98) and bc["ratio_ci_2"] == pytest.approx([1 / (0.98 * 1.05),
+                                                                                         1 / (0.98 * 0.95)])
+    assert bc["same_direction"] is False and bc["faster_2"] is None  # 0.9 < 1 on m1, 1/0.98 > 1 on m2
+    assert out["a", "c"]["log_ratio_change"] == pytest.approx(math.log(1.25) - math.log(0.7))
+    half = float(sst.norm.ppf(0.975)) * math.hypot(0.01, 0.01)
+    assert out["a", "c"]["log_ratio_change_ci"] == pytest.approx([math.log(1.25 / 0.7) - half,
+                                                                  math.log(1.25 / 0.7) + half])
+    # reversals across the match are exactly rank_reversals' between m1 and m2
+    rev = [(r["a"], r["b"]) for r in rank_reversals(res) if {r["condition_1"], r["condition_2"]} == {"m1", "m2"}]
+    assert rev == [k for k, r in out.items() if r["agreement"] == "reverses"]
+    assert [r["settled"] for r in order_agreement(res, [("m3", "m1")])] == ["2 only"]
+    assert order_agreement(res, [("m1", "gone")]) == []
+    as_json(order_agreement(res, [("m1", "m2")]))
+    with pytest.raises(ValueError, match="itself"):
+        order_agreement(res, [("m1", "m1")])
+    with pytest.raises(ValueError, match="pairwise"):
+        order_agreement({"x": 1}, [])
 
 
 def test_kendall_tau_of_identical_and_reversed_rankings():

@@ -7,8 +7,8 @@ quota; :mod:`~leancnn.latency.cleanup` ends every load and quota on exit, except
 :mod:`~leancnn.latency.system` snapshots the machine's confounders; :mod:`~leancnn.latency.measure` measures models
 in the conditions of a grid and :mod:`~leancnn.latency.report` writes a run up. This package re-exports the statistics:
 :mod:`leancnn.latency.stats` turns raw per-inference latencies into variability summaries with bootstrap CIs,
-Holm-corrected pairwise "A faster than B" tests, rank reversals between conditions, Kendall τ between rankings and a
-contention-aware recommendation."""
+Holm-corrected pairwise "A faster than B" tests, rank reversals between conditions, which orders hold or reverse
+between matched conditions (e.g. two machines), Kendall τ between rankings and a contention-aware recommendation."""
 
 from .stats import (
     VERDICTS,
@@ -18,6 +18,7 @@ from .stats import (
     kendall_tau,
     latency_cells,
     min_samples,
+    order_agreement,
     pairwise,
     quantile_label,
     rank_reversals,
@@ -28,6 +29,6 @@ from .stats import (
 )
 
 __all__ = [
-    "VERDICTS", "auto_n_boot", "compare", "holm", "kendall_tau", "latency_cells", "min_samples", "pairwise",
-    "quantile_label", "rank_reversals", "rankings", "recommend", "summarize", "summarize_table",
+    "VERDICTS", "auto_n_boot", "compare", "holm", "kendall_tau", "latency_cells", "min_samples", "order_agreement",
+    "pairwise", "quantile_label", "rank_reversals", "rankings", "recommend", "summarize", "summarize_table",
 ]

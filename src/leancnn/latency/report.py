@@ -9,7 +9,12 @@ them), :func:`analyse` runs :mod:`leancnn.latency.stats` on it
 (summaries, block-paired pairwise tests with Holm, rank reversals and the axes that differ between their two
 conditions, Kendall τ, a recommendation), :func:`write_report` writes ``report.md``, CSVs and PNGs, and
 :func:`compare` does the same for several runs (e.g. a CPU and a GPU machine) merged, each condition label
-prefixed by its run's device. All statistics come from :mod:`leancnn.latency.stats`; nothing is recomputed here.
+prefixed by its run's device (and its CPU's family/model, or else the run directory's name, when two runs share a
+device string). A compare report adds the cross-device analysis (``result["cross_device"]``, section "Across
+devices", ``cross_device.csv``, ``cross_device_tau.csv``): the conditions of two runs with the same setting (load,
+quota, threads, backend, batch) are matched, and every model order is classified as holding, reversing or unsettled
+between the two machines (:func:`leancnn.latency.stats.order_agreement`), with Kendall τ between the two machines'
+rankings of each setting. All statistics come from :mod:`leancnn.latency.stats`; nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -29,16 +34,28 @@ import numpy as np
 from ..errors import LeancnnError
 from ..io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..report import _pyplot, format_table, save_figure, write_markdown
-from .stats import kendall_tau, pairwise, quantile_label, rank_reversals, rankings, recommend, summarize_table
+from .stats import (
+    kendall_tau,
+    order_agreement,
+    pairwise,
+    quantile_label,
+    rank_reversals,
+    rankings,
+    recommend,
+    summarize_table,
+)
+from .system import cpu_label
 
-__all__ = ["RunData", "load_run", "analyse", "write_report", "compare", "sample_shortfalls", "check_analysis_args",
-           "check_report_out", "AXES", "FIGURES", "REPORT_FILES"]
+__all__ = ["RunData", "load_run", "analyse", "write_report", "compare", "cross_device_summary", "sample_shortfalls",
+           "check_analysis_args", "check_report_out", "AXES", "FIGURES", "REPORT_FILES", "CROSS_DEVICE_FILES"]
 
 AXES = ("load", "quota", "threads", "backend", "batch", "device")
 SAMPLE_COLUMNS = ("condition", "model", "block", "seq", "latency_s", "t_s")
 FIGURES = {"cdf": "latency_cdf.png", "boxes": "latency_boxes.png", "tau": "kendall_tau.png",
            "trend": "latency_vs_load.png"}
-REPORT_FILES = ("report.md", "summary.csv", "tests.csv", "reversals.csv", "analysis.json", *FIGURES.values())
+CROSS_DEVICE_FILES = ("cross_device.csv", "cross_device_tau.csv")  # compare reports only
+REPORT_FILES = ("report.md", "summary.csv", "tests.csv", "reversals.csv", "analysis.json", *FIGURES.values(),
+                *CROSS_DEVICE_FILES)
 SUMMARY_BOOT = 1000
 
 
@@ -200,8 +217,21 @@ def load_run(run_dir: str | Path, check_samples: bool = True) -> RunData:
                            f"{shlex.quote(str(path))}")
     planned_order = {c.get("id"): i for i, c in enumerate(run.get("conditions") or [])}
     conditions.sort(key=lambda c: planned_order.get(c.get("id"), len(planned_order)))  # a resume appends out of order
-    source = {"name": path.name, **{k: run.get(k) for k in ("machine", "device", "versions", "created", "command")}}
+    source = {"name": path.name, **{k: run.get(k) for k in ("machine", "device", "versions", "created", "command")},
+              "cpu": _run_cpu(run, conditions)}
     return RunData(path, run, models, conditions, samples, notes, [source])
+
+
+def _run_cpu(run: dict, conditions: Sequence[dict]) -> dict | None:
+    """The processor identity (:func:`~leancnn.latency.system.cpu_identity`) of a run: run.json's ``cpu`` or the
+    first condition snapshot that records one; None for runs written before it was recorded."""
+    if isinstance(run.get("cpu"), dict):
+        return run["cpu"]
+    for c in conditions:
+        cpu = (c.get("snapshot_before") or {}).get("cpu") if isinstance(c.get("snapshot_before"), dict) else None
+        if isinstance(cpu, dict):
+            return cpu
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ conditions
@@ -335,7 +365,86 @@ def _analyse(data: RunData, quantiles: Sequence[float] = (0.5, 0.99), alpha: flo
         "kendall_tau": {s: kendall_tau(r) for s, r in ranks.items()}, "recommendation": rec,
         "notes": data.notes + notes,
     }
+    result["cross_device"] = _cross_device(conds, pw, result["kendall_tau"], result["notes"])
     return result, conds, cells
+
+
+def _setting_key(c: dict) -> tuple:
+    """What a condition measures, apart from the device: equal keys on two runs are the same setting."""
+    return tuple(_axis_value(c, a) for a in AXES if a != "device")
+
+
+def _cross_device(conds: list[dict], pw: dict | None, taus: dict, notes: list[str]) -> dict | None:
+    """For every two runs of a merged analysis (conditions carry ``run_index``): the settings both measured, each
+    model order there classified by :func:`~leancnn.latency.stats.order_agreement` from the merged (Holm) tests,
+    counts per statistic, and the Kendall τ between the two runs' rankings of each setting. None for one run."""
+    runs = list(dict.fromkeys(c["run_index"] for c in conds if c.get("run_index") is not None))
+    if len(runs) < 2:
+        return None
+    by_run: dict[int, dict[tuple, dict]] = {i: {} for i in runs}
+    info: dict[int, dict] = {}
+    for c in conds:
+        i = c.get("run_index")
+        if i is None:
+            continue
+        info.setdefault(i, {"index": i, "name": c.get("run"), "prefix": c.get("device")})
+        k = _setting_key(c)
+        if k in by_run[i]:
+            notes.append(f"{c['id']} measures the same setting as {by_run[i][k]['id']}; only the first is matched "
+                         f"across devices")
+            continue
+        by_run[i][k] = c
+    position = {stat: {key: n for n, key in enumerate(t["conditions"])} for stat, t in taus.items()}
+    stats = [quantile_label(q) for q in pw["quantiles"]] if pw else list(taus)
+    pairs = []
+    for n, i in enumerate(runs):
+        for j in runs[n + 1:]:
+            matched = [(c, by_run[j][k]) for k, c in by_run[i].items() if k in by_run[j]]
+            orders = order_agreement(pw, [(c1["key"], c2["key"]) for c1, c2 in matched]) if pw and matched else []
+            by_key = {c1["key"]: (c1, c2) for c1, c2 in matched}
+            for r in orders:
+                c1, c2 = by_key[r["condition_1"]]
+                r.update(setting=c1.get("run_label"), id_1=c1["id"], id_2=c2["id"])
+            tau_rows = []
+            for c1, c2 in matched:
+                row = {"setting": c1.get("run_label"), "id_1": c1["id"], "id_2": c2["id"]}
+                for stat, t in taus.items():
+                    a, b = position[stat].get(c1["key"]), position[stat].get(c2["key"])
+                    cell = {k: None if a is None or b is None else t[k][a][b]
+                            for k in ("tau", "p_value", "spearman", "discordant", "n_models")}
+                    row[stat] = cell
+                tau_rows.append(row)
+            counts = {}
+            for stat in stats:
+                rs = [r for r in orders if r["statistic"] == stat]
+                counts[stat] = {"compared": len(rs), **{a: sum(r["agreement"] == a for r in rs)
+                                                        for a in ("holds", "reverses", "unsettled")},
+                                **{f"settled_{s.replace(' ', '_')}": sum(r["settled"] == s for r in rs)
+                                   for s in ("1 only", "2 only", "neither")},
+                                "unsettled_same_direction": sum(r["agreement"] == "unsettled" and r["same_direction"]
+                                                                for r in rs)}
+            pairs.append({"run_1": info[i], "run_2": info[j], "matched": len(matched),
+                          "unmatched_1": [c["id"] for k, c in by_run[i].items() if k not in by_run[j]],
+                          "unmatched_2": [c["id"] for k, c in by_run[j].items() if k not in by_run[i]],
+                          "counts": counts, "orders": orders, "tau": tau_rows})
+    return {"match_axes": [a for a in AXES if a != "device"], "alpha": pw["alpha"] if pw else None,
+            "n_tests": pw["n_tests"] if pw else 0, "pairs": pairs}
+
+
+def cross_device_summary(result: dict) -> list[str]:
+    """One line per two runs and statistic of a compare analysis (``result["cross_device"]``): how many orders
+    hold, reverse or stay unsettled; empty for a single run."""
+    cd = result.get("cross_device")
+    if not cd:
+        return []
+    lines = []
+    for p in cd["pairs"]:
+        for stat, n in p["counts"].items():
+            lines.append(f"{p['run_1']['name']} vs {p['run_2']['name']}, {stat}: {n['holds']} hold, {n['reverses']} "
+                         f"reverse, {n['unsettled']} unsettled (settled on {p['run_1']['name']} only "
+                         f"{n['settled_1_only']}, on {p['run_2']['name']} only {n['settled_2_only']}, neither "
+                         f"{n['settled_neither']}) of {n['compared']} model pairs in {p['matched']} matched settings")
+    return lines
 
 
 def analyse(data: RunData, quantiles: Sequence[float] = (0.5, 0.99), alpha: float = 0.05, margin: float = 0.02,
@@ -508,6 +617,25 @@ def _write_csvs(result: dict, out: Path) -> None:
                  r["faster_2"], r["ratio_1"], *r["ratio_ci_1"], r["ratio_2"], *r["ratio_ci_2"], r["log_ratio_change"],
                  *r["log_ratio_change_ci"], r["p_holm_1"], r["p_holm_2"], " ".join(r["axes"]), r["condition_1"],
                  r["condition_2"]] for r in result["reversals"]])
+    cd = result.get("cross_device")
+    if cd:
+        _write_csv(out / "cross_device.csv",
+                   ("run_1", "run_2", "setting", "id_1", "id_2", "a", "b", "statistic", "agreement", "settled",
+                    "faster_1", "faster_2", "ratio_1", "ratio_1_ci_low", "ratio_1_ci_high", "p_holm_1", "ratio_2",
+                    "ratio_2_ci_low", "ratio_2_ci_high", "p_holm_2", "same_direction", "log_ratio_change",
+                    "log_ratio_change_ci_low", "log_ratio_change_ci_high"),
+                   [[p["run_1"]["name"], p["run_2"]["name"], r["setting"], r["id_1"], r["id_2"], r["a"], r["b"],
+                     r["statistic"], r["agreement"], r["settled"], r["faster_1"] or "", r["faster_2"] or "",
+                     r["ratio_1"], *r["ratio_ci_1"], r["p_holm_1"], r["ratio_2"], *r["ratio_ci_2"], r["p_holm_2"],
+                     r["same_direction"], r["log_ratio_change"], *r["log_ratio_change_ci"]]
+                    for p in cd["pairs"] for r in p["orders"]])
+        _write_csv(out / "cross_device_tau.csv",
+                   ("run_1", "run_2", "setting", "id_1", "id_2", "statistic", "tau", "p_value", "spearman",
+                    "discordant", "n_models"),
+                   [[p["run_1"]["name"], p["run_2"]["name"], t["setting"], t["id_1"], t["id_2"], stat,
+                     *("" if t[stat][k] is None else t[stat][k]
+                       for k in ("tau", "p_value", "spearman", "discordant", "n_models"))]
+                    for p in cd["pairs"] for t in p["tau"] for stat in result["kendall_tau"]])
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
@@ -654,6 +782,56 @@ def _comparison_sections(result: dict) -> list[tuple[str, str]]:
             ("Ranking agreement (Kendall τ)", tau_text), ("Recommendation", rec_text)]
 
 
+def _p(v: float) -> str:
+    return f"{v:.2g}" if v < 0.01 else f"{v:.3g}"
+
+
+def _cross_device_section(result: dict) -> str:
+    cd = result["cross_device"]
+    alpha = cd["alpha"]
+    parts = [f"Conditions of two runs with the same {', '.join(cd['match_axes'])} are matched. For each model pair "
+             f"and statistic, the order **holds** when both machines have a Holm-significant order with the same "
+             f"faster model, **reverses** when both are significant with opposite winners, and is **unsettled** when "
+             f"one or both are tie/undecided (within the tie margin, or too little evidence). The verdicts are those "
+             f"of the {cd['n_tests']} tests above (Holm together at α = {alpha}), so P(any false 'holds' or "
+             f"'reverses') ≤ α. Full list: cross_device.csv; τ: cross_device_tau.csv."
+             if alpha is not None else "No pairwise test: no order can be compared across devices."]
+    for p in cd["pairs"]:
+        r1, r2 = p["run_1"], p["run_2"]
+        head = (f"**{_md(r1['name'])}** (conditions {r1['index']}.\\*) vs **{_md(r2['name'])}** (conditions "
+                f"{r2['index']}.\\*): {p['matched']} matched setting(s)")
+        extra = [f"only in {_md(r['name'])}: {', '.join(u)}" for r, u in ((r1, p["unmatched_1"]), (r2, p["unmatched_2"]))
+                 if u]
+        parts.append(head + (f" ({'; '.join(extra)})" if extra else "") + ".")
+        if not p["matched"]:
+            continue
+        crows = [[stat, n["compared"], n["holds"], n["reverses"], n["unsettled"],
+                  f"{n['settled_1_only']} / {n['settled_2_only']} / {n['settled_neither']}",
+                  n["unsettled_same_direction"]] for stat, n in p["counts"].items()]
+        parts.append(format_table(crows, ["statistic", "model pairs", "hold", "reverse", "unsettled",
+                                          f"unsettled: settled on {r1['index']} only / {r2['index']} only / neither",
+                                          "unsettled, point estimates agree"], markdown=True))
+        rev = [r for r in p["orders"] if r["agreement"] == "reverses"]
+        if rev:
+            rrows = [[_md(r["setting"]), f"{_md(r['a'])} vs {_md(r['b'])}", r["statistic"],
+                      f"{_md(r['faster_1'])}: {_ci(r['ratio_1'], r['ratio_ci_1'])}, p {_p(r['p_holm_1'])}",
+                      f"{_md(r['faster_2'])}: {_ci(r['ratio_2'], r['ratio_ci_2'])}, p {_p(r['p_holm_2'])}"]
+                     for r in rev]
+            parts.append(f"Orders that reverse between the machines (a/b ratio with its {100 * (1 - alpha):g} % CI, "
+                         f"Holm p):\n\n" + format_table(rrows, ["setting", "pair", "statistic",
+                                                                f"faster on {r1['index']}", f"faster on {r2['index']}"],
+                                                         markdown=True))
+        else:
+            parts.append("No order reverses between the two machines.")
+        stats = list(result["kendall_tau"])
+        trows = [[_md(t["setting"]), t["id_1"], t["id_2"],
+                  *(("–" if t[s]["tau"] is None else f"{t[s]['tau']:.2f} ({t[s]['discordant']} discordant)")
+                    for s in stats)] for t in p["tau"]]
+        parts.append("Kendall τ between the two machines' model rankings of each setting (point estimates):\n\n"
+                     + format_table(trows, ["setting", "id 1", "id 2", *(f"τ by {s}" for s in stats)], markdown=True))
+    return "\n\n".join(parts)
+
+
 def _write(data: RunData, out: Path, title: str, **analysis_kw) -> Path:
     result, conds, cells = _analyse(data, **analysis_kw)
     out = ensure_writable_dir(out)
@@ -672,10 +850,13 @@ def _write(data: RunData, out: Path, title: str, **analysis_kw) -> Path:
     sections = [("Warnings", "\n".join(warnings))] if warnings else []
     sections += [("Setup", _setup_section(result, data.conditions)), *_variability_sections(result),
                  *_comparison_sections(result)]
+    if result["cross_device"]:
+        sections.append(("Across devices", _cross_device_section(result)))
     if result["notes"]:
         sections.append(("Notes", "\n".join(f"- {_md(n)}" for n in result["notes"])))
-    sections.append(("Files", "summary.csv (seconds), tests.csv, reversals.csv, analysis.json, "
-                     + ", ".join(FIGURES.values())))
+    sections.append(("Files", "summary.csv (seconds), tests.csv, reversals.csv, "
+                     + ("cross_device.csv, cross_device_tau.csv, " if result["cross_device"] else "")
+                     + "analysis.json, " + ", ".join(FIGURES.values())))
     return write_markdown(out / "report.md", title, sections)
 
 
@@ -708,6 +889,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, force: bool
 
 def _merge(runs: list[RunData], out: Path) -> RunData:
     devices = [str(r.run.get("device") or "?") for r in runs]
+    cpus = [cpu_label(r.sources[0].get("cpu"), name=False) if len(r.sources) == 1 else None for r in runs]
+    devices = [f"{d} [{cpu}]" if devices.count(d) > 1 and cpu else d for d, cpu in zip(devices, cpus)]
     prefixes: list[str] = []
     for i, (r, d) in enumerate(zip(runs, devices)):
         p = d if devices.count(d) == 1 else f"{d} ({r.path.resolve().name})"
@@ -716,7 +899,8 @@ def _merge(runs: list[RunData], out: Path) -> RunData:
     for i, (r, p) in enumerate(zip(runs, prefixes), 1):
         rename = {c.get("id"): f"{i}.{c.get('id')}" for c in r.conditions}
         conditions += [{**c, "id": rename[c.get("id")], "label": f"{p} · {c.get('label')}", "device": p,
-                        "run": r.path.resolve().name} for c in r.conditions]
+                        "run": r.path.resolve().name, "run_index": i, "run_label": c.get("label")}
+                       for c in r.conditions]
         for k in SAMPLE_COLUMNS:
             v = r.samples[k]
             cols[k].append(np.array([rename[x] for x in v.tolist()], dtype=str) if k == "condition" else v)
@@ -731,7 +915,10 @@ def _merge(runs: list[RunData], out: Path) -> RunData:
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False, **analysis_kw) -> Path:
     """One report over several runs (e.g. a CPU and a GPU machine): every condition label is prefixed by its
-    run's device (plus the run directory's name when two runs share a device), ids become ``<run #>.<id>``.
+    run's device (plus the CPU's family/model, or else the run directory's name, when two runs share a device
+    string), ids become ``<run #>.<id>``; the report adds the cross-device analysis of every two runs (section
+    "Across devices", cross_device.csv, cross_device_tau.csv, ``analysis.json``'s ``cross_device``;
+    :func:`cross_device_summary` for a few lines).
     :class:`LeancnnError` for fewer than 2 runs or runs with no model label in common. ``out`` is none of the
     runs; an earlier report there is replaced only with ``force``."""
     check_analysis_args(*(analysis_kw.get(k) for k in ("quantiles", "alpha", "margin", "recommend_quantile")))

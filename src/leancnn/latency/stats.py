@@ -63,6 +63,8 @@ Multiple testing. :func:`pairwise` makes every test (conditions × model pairs �
 their p-values together (step-down, :func:`holm`), so P(any false "A faster" claim) ≤ α under any dependence.
 A rank reversal (:func:`rank_reversals`) needs Holm-significant, opposite verdicts in two conditions; a false
 reversal implies a false claim, so reversals inherit the same bound with no further correction.
+:func:`order_agreement` classifies, for conditions matched as the same setting (e.g. on two machines), every
+order as holding, reversing or unsettled from the same Holm verdicts, under the same bound.
 
 Recommendation (:func:`recommend`): ``rule="minimax"`` (default) picks the model whose worst quantile over all
 conditions is smallest; ``"mean_rank"`` the best average rank (1 = fastest) over conditions; ``"regret"`` the
@@ -89,7 +91,7 @@ from scipy import stats as sst
 
 __all__ = [
     "VERDICTS", "quantile_label", "min_samples", "summarize", "summarize_table", "compare", "holm", "pairwise",
-    "rank_reversals", "rankings", "kendall_tau", "recommend", "latency_cells", "auto_n_boot",
+    "rank_reversals", "order_agreement", "rankings", "kendall_tau", "recommend", "latency_cells", "auto_n_boot",
 ]
 
 VERDICTS = ("A faster", "B faster", "tie/undecided")
@@ -593,6 +595,65 @@ def rank_reversals(results: dict, quantile: float | None = None) -> list[dict]:
                 "delta_2": t2["delta"], "delta_ci_2": t2["delta_ci"], "p_holm_1": t1["p_holm"],
                 "p_holm_2": t2["p_holm"], "log_ratio_change": change,
                 "log_ratio_change_ci": [change - half, change + half],
+            })
+    return out
+
+
+def order_agreement(results: dict, matches: Sequence[tuple[Hashable, Hashable]],
+                    quantile: float | None = None) -> list[dict]:
+    """Does each model order of one condition hold in its matched condition? From :func:`pairwise`'s result.
+
+    ``matches`` pairs conditions that describe the same setting measured twice (e.g. the same load, threads and
+    backend on two machines). For every match, model pair tested in both conditions and quantile, ``agreement``
+    is "holds" (Holm-significant in both, the same model faster), "reverses" (Holm-significant in both, opposite
+    models faster: these are :func:`rank_reversals` restricted to the matches) or "unsettled" (tie/undecided in one
+    or both; ``settled`` says where a verdict was reached: "both", "1 only", "2 only" or "neither"). "unsettled"
+    does not claim equivalence: it is a tie within the margin *or* too little evidence. Every verdict used is one
+    of the tests Holm-adjusted together, so P(any false "holds" or "reverses") ≤ α with no further correction.
+
+    Each record: ``condition_1, condition_2, a, b`` (in condition 1's test order), ``quantile, statistic,
+    agreement, settled, faster_1, faster_2`` (None where undecided), ``ratio_*`` / ``ratio_ci_*`` (Q_a/Q_b, in the
+    same orientation in both conditions), ``p_holm_*``, ``same_direction`` (both point estimates on the same side
+    of 1, significant or not) and, as in :func:`rank_reversals`, ``log_ratio_change`` (condition 2 minus 1) with
+    a normal-approximation CI.
+    """
+    if not isinstance(results, Mapping) or "tests" not in results:
+        raise ValueError("results must be the dict returned by pairwise()")
+    q_filter = None if quantile is None else _check_unit(quantile, "quantile")
+    z = float(sst.norm.ppf(1 - results["alpha"] / 2))
+    by_cond: dict = {}
+    for t in results["tests"]:
+        if q_filter is None or math.isclose(t["quantile"], q_filter):
+            by_cond.setdefault(t["condition"], {})[frozenset((t["a"], t["b"])), t["quantile"]] = t
+    out = []
+    for c1, c2 in matches:
+        if c1 == c2:
+            raise ValueError(f"matches pairs condition {c1!r} with itself")
+        t2s = by_cond.get(c2, {})
+        for key, t1 in by_cond.get(c1, {}).items():
+            t2 = t2s.get(key)
+            if t2 is None:
+                continue
+            flip = t2["a"] != t1["a"]  # condition 2 tested (b, a): turn its ratio round
+            lr2 = -t2["log_ratio"] if flip else t2["log_ratio"]
+            ratio2 = 1.0 / t2["ratio"] if flip else t2["ratio"]
+            ci2 = [1.0 / t2["ratio_ci"][1], 1.0 / t2["ratio_ci"][0]] if flip else list(t2["ratio_ci"])
+            s1, s2 = bool(t1["significant"]), bool(t2["significant"])
+            if s1 and s2:
+                agreement = "holds" if t1["faster"] == t2["faster"] else "reverses"
+            else:
+                agreement = "unsettled"
+            change = lr2 - t1["log_ratio"]
+            half = z * math.hypot(t1["log_ratio_se"], t2["log_ratio_se"])
+            out.append({
+                "condition_1": c1, "condition_2": c2, "a": t1["a"], "b": t1["b"], "quantile": t1["quantile"],
+                "statistic": t1["statistic"], "agreement": agreement,
+                "settled": "both" if s1 and s2 else "1 only" if s1 else "2 only" if s2 else "neither",
+                "faster_1": t1["faster"], "faster_2": t2["faster"], "ratio_1": t1["ratio"],
+                "ratio_ci_1": list(t1["ratio_ci"]), "ratio_2": float(ratio2), "ratio_ci_2": _pair(*ci2),
+                "p_holm_1": t1["p_holm"], "p_holm_2": t2["p_holm"],
+                "same_direction": bool(np.sign(t1["log_ratio"]) == np.sign(lr2)),
+                "log_ratio_change": float(change), "log_ratio_change_ci": [change - half, change + half],
             })
     return out
 
