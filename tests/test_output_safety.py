@@ -104,6 +104,7 @@ def _argv(row: str, p: dict[str, Path], out: Path) -> list[str]:
         "video train --resume": ["video", "train", "--resume", p["vrun"] / "last.pt", "train.epochs=2", "-o", o,
                                  "--force"],
         "video export": ["video", "export", p["vrun"], "-o", o, "--force"],
+        "export": ["export", p["clf"], "-o", o, "--force"],
         "video preview": ["video", "preview", "-c", p["vcfg"], "-o", o, "--force"],
         "register train": ["register", "train", "--data", p["data"], *REG_TINY, "-o", o, "--force"],
         "register predict (data)": ["register", "predict", p["rrun"], "--data", p["data"], "-o", o, "--force"],
@@ -137,6 +138,7 @@ COMMANDS = [
     ("video train -c", "vcfg", ("is", "is inside", "contains"), "-o", "video"),
     ("video train --resume", "vrun", ("is inside", "contains"), "-o", "video"),
     ("video export", "vrun", ("is", "is inside", "contains"), "-o", "video"),
+    ("export", "clf", ("is", "is inside", "contains"), "-o", "export"),
     ("video preview", "vcfg", ("is inside",), "-o", "video"),  # an image name
     ("register train", "data", ("is", "is inside", "contains"), "-o", "register"),
     ("register predict (data)", "data", ("is", "is inside", "contains"), "-o", "register"),
@@ -163,7 +165,7 @@ def _out_for(target: Path, rel: str, row: str) -> Path:
         return target
     if rel == "is inside":
         name = "v.png" if row in ("evaluate --plot-variance", "video preview") else \
-            "x.onnx" if row == "video export" else "sub"
+            "x.onnx" if row == "video export" else "x.pte" if row == "export" else "sub"
         return target / name
     return target.parent  # the folder that holds the input (and nothing else of the module's inputs)
 

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="0/1", metavar="I/N", help="train only runs i, i+n, ... (split over "
                                                                   "processes; re-run with 0/1 to collect)")
 
+    _add_export_parser(sub)
     _add_video_parser(sub)
     _add_latency_parser(sub)
     _add_prune_parser(sub)
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMPUTING = {"train": None, "evaluate": None, "lodo": None, "demo": None, "prune": None,
               "video": ("train", "evaluate", "ensemble", "stream", "export"),
               "register": ("train", "predict", "evaluate"), "retrieve": ("train", "evaluate"),
-              "rl": ("train", "evaluate")}
+              "rl": ("train", "evaluate"), "export": None}
 
 
 def _threads_type(text: str):
@@ -361,7 +362,55 @@ def _run_latency(args: argparse.Namespace) -> int:
                                 ("alpha", args.alpha), ("margin", args.margin)) if v is not None}
         print(f"report written to {lreport.write_report(args.run_dir, args.out, force=args.force, **kw)}")
     else:
-        print(f"report written to {lreport.compare(args.run_dirs, args.out, force=args.force)}")
+        import json
+
+        path = lreport.compare(args.run_dirs, args.out, force=args.force)
+        analysis = Path(args.out) / "analysis.json"
+        if analysis.is_file():  # which model orders hold across the runs, which reverse
+            for line in lreport.cross_device_summary(json.loads(analysis.read_text(encoding="utf-8"))):
+                print(line)
+        print(f"report written to {path}")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a run (or a registered model) to ONNX or ExecuTorch (.pte, XNNPACK; "
+                                      "fp32 or int8), checked against PyTorch",
+                       description="Export a classifier, a pruned classifier, a video run's stream step (its state "
+                                   "as named inputs/outputs) or a registration network to ONNX or to an ExecuTorch "
+                                   "program with the XNNPACK delegate (docs/deploy.md). The export is run against "
+                                   "PyTorch on the same inputs; int8 (--quantize) calibrates on N training batches "
+                                   "and reports the test accuracy before and after. Beside the file: <file>.json "
+                                   "(metadata and the check).")
+    p.add_argument("model", help="a run (checkpoint or run directory) or a registered model name (random weights)")
+    p.add_argument("-o", "--out", required=True, help="the file to write: .pte (executorch) or .onnx")
+    p.add_argument("--format", choices=["executorch", "onnx"], default=None,
+                   help="default: by the suffix of -o (.pte: executorch, .onnx: onnx)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 post-training quantization (XNNPACK quantizer, PT2E; executorch only). Default fp32")
+    p.add_argument("--calibrate", type=int, default=8, metavar="N",
+                   help="training batches int8 calibrates on (default 8)")
+    p.add_argument("--input-shape", default=None, metavar="CxHxW",
+                   help="one sample's shape (default: the run's data; a registered model: its registry size)")
+    p.add_argument("--batch", type=int, default=1, help="the program's (fixed) batch size (default 1)")
+    p.add_argument("--frames", type=int, default=1, help="a stream step's new frames per step (default 1)")
+    ev = p.add_mutually_exclusive_group()
+    ev.add_argument("--evaluate", dest="evaluate", action="store_true", default=None,
+                    help="test accuracy of PyTorch and of the program on the run's test split (default: with int8)")
+    ev.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    p.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="evaluate on a fixed draw of N samples per test set (default 0: all)")
+    p.add_argument("--force", action="store_true", help="replace the file (and its .json) if they exist")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from . import report
+    from .tasks import deploy
+
+    fmt = args.format or {".pte": "executorch", ".onnx": "onnx"}.get(Path(args.out).suffix, "executorch")
+    r = deploy.export_command(args.model, args.out, fmt, args.quantize, args.calibrate, args.input_shape,
+                              args.batch, args.frames, args.evaluate, args.limit, args.force)
+    print(report.format_table(deploy.report_rows(r), ["export", ""]))
     return 0
 
 
@@ -580,6 +629,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"table written to {Path(out) / 'lodo.md'}")
     elif args.command == "video":
         return _run_video(args)
+    elif args.command == "export":
+        return _run_export(args)
     elif args.command == "latency":
         return _run_latency(args)
     elif args.command == "prune":

@@ -45,6 +45,7 @@ import copy
 import logging
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import atomic_path
+from ..io import atomic_path
 
 FRAMES, LOGITS, INPUT = "frames", "logits", "input"
 MOVING, FIXED, DDF = "moving", "fixed", "ddf"
@@ -138,15 +139,40 @@ def export_stream_step(model: nn.Module, path: str | os.PathLike, height: int, w
                        ) -> Path:
     """Write one step of stream MoViNet ``model`` (``movinet_aX_stream``) for ``batch`` clips of ``frames`` new
     frames of ``height x width`` to ``path`` (names and order: module docstring). Returns the path."""
-    from .models.movinet import FusedStreamMovinet, MoViNet
+    for name, value in (("height", height), ("width", width), ("batch", batch), ("frames", frames)):
+        _positive_int(name, value)
+    g = stream_graph(model, batch, frames, height, width, fuse)
+    return _export(g.module, g.args, Path(path), g.inputs, g.outputs, opset, exporter, g.metadata)
+
+
+@dataclass
+class Graph:
+    """What an exporter takes: ``module(*args)`` in eval mode (a copy: the caller's model is untouched), the
+    names of its inputs and outputs in order, the state keys of a stream step (``[]`` otherwise), and the
+    ``leancnn.*`` metadata that says what it holds (``leancnn.export``: :data:`MODEL_KIND`,
+    :data:`REGISTRATION_KIND` or :data:`STREAM_KIND`)."""
+
+    module: nn.Module
+    args: tuple
+    inputs: list[str]
+    outputs: list[str]
+    metadata: dict[str, object]
+    state_keys: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return str(self.metadata[KIND_KEY])
+
+
+def stream_graph(model: nn.Module, batch: int, frames: int, height: int, width: int, fuse: bool = True) -> Graph:
+    """The stream step of ``model`` (a stream MoViNet) as a :class:`Graph` (``fuse``: the inference form)."""
+    from ..models.movinet import FusedStreamMovinet, MoViNet
 
     if not isinstance(model, (MoViNet, FusedStreamMovinet)):
         raise ValueError(f"model must be a stream MoViNet (movinet_aX_stream), got {type(model).__name__}")
     if not model.stream:
         raise ValueError(f"model: {getattr(model, 'model_name', 'this model')} is a base (non-causal) MoViNet, which "
                          "has no stream step; export a stream model (movinet_aX_stream)")
-    for name, value in (("height", height), ("width", width), ("batch", batch), ("frames", frames)):
-        _positive_int(name, value)
     if isinstance(model, FusedStreamMovinet):
         step = copy.deepcopy(model)
         step.channels_last = False  # ONNX has no strides: the NCHW form of the same graph
@@ -161,14 +187,60 @@ def export_stream_step(model: nn.Module, path: str | os.PathLike, height: int, w
     metadata = {KIND_KEY: STREAM_KIND, "leancnn.model": getattr(model, "model_name", type(model).__name__),
                 "leancnn.batch": batch, "leancnn.frames": frames, "leancnn.height": height, "leancnn.width": width,
                 "leancnn.fused": bool(fuse or isinstance(model, FusedStreamMovinet))}
-    return _export(_StreamStepGraph(step, keys).eval(), (clip, *state.values()), Path(path),
-                   [FRAMES, *(STATE_PREFIX + k for k in keys)], [LOGITS, *(NEW_STATE_PREFIX + k for k in keys)],
-                   opset, exporter, metadata)
+    return Graph(_StreamStepGraph(step, keys).eval(), (clip, *state.values()),
+                 [FRAMES, *(STATE_PREFIX + k for k in keys)], [LOGITS, *(NEW_STATE_PREFIX + k for k in keys)],
+                 metadata, keys)
+
+
+def is_stream(model: nn.Module) -> bool:
+    """Whether ``model`` is a stream MoViNet (its export is the stream step)."""
+    from ..models.movinet import FusedStreamMovinet, MoViNet
+
+    return isinstance(model, (MoViNet, FusedStreamMovinet)) and bool(model.stream)
+
+
+def model_graph(model: nn.Module, input_shape: Sequence[int], fuse: bool = True, step: bool | None = None) -> Graph:
+    """``model`` for inputs of ``input_shape`` (batch first) as a :class:`Graph`, whatever it is: a stream MoViNet
+    (``(B, 3, T, H, W)``: T new frames per step, the state as named inputs and outputs), a registration network
+    (``(B, C, X, Y, Z)``, the shape of each of ``moving`` and ``fixed``; output ``ddf``) or a classifier (input
+    ``input``, output ``logits``). ``step=False`` exports a stream MoViNet's whole-clip forward as a classifier
+    (default: its stream step). Bad shapes are refused with :class:`ValueError` naming what the model takes."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), got {input_shape!r}")
+    if is_stream(model) if step is None else step:
+        if len(shape) != 5 or shape[1] != model.in_chans:
+            raise ValueError(f"input_shape of a stream step is (B, {model.in_chans}, T, H, W) (T new frames per step), "
+                             f"got {input_shape!r}")
+        b, _, t, h, w = shape
+        return stream_graph(model, b, t, h, w, fuse)
+    registration = is_registration(model)
+    if registration and len(shape) != 5:
+        raise ValueError(f"input_shape of a registration network is (B, C, X, Y, Z), the shape of each of its two "
+                         f"inputs (moving, fixed), got {input_shape!r}")
+    net = copy.deepcopy(model).eval()
+    if len(shape) == 4:  # a model converted to channels-last (training, the latency tool's eager backend) exports
+        net = net.to(memory_format=torch.contiguous_format)  # in the plain layout every runtime expects
+    p = next(net.parameters(), None)
+    x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    kind, args, names, outputs = MODEL_KIND, (x,), [INPUT], [LOGITS]
+    if registration:
+        net, args, kind = _DdfGraph(net).eval(), (x, x.clone()), REGISTRATION_KIND
+        names, outputs = [MOVING, FIXED], [DDF]
+        refusal = registration_refusal(net.model, shape)
+        if refusal:
+            raise ValueError(f"input_shape {shape}: {refusal}")
+    metadata = {KIND_KEY: kind, "leancnn.model": getattr(model, "model_name", type(model).__name__),
+                "leancnn.input_shape": "x".join(map(str, shape))}
+    return Graph(net, args, names, outputs, metadata)
 
 
 def is_registration(model: nn.Module) -> bool:
     """Whether ``model`` is a registration network (:mod:`leancnn.models.regnet`): two inputs, a DDF out."""
-    from .models.regnet import CompositeNet, GlobalNet, LocalNet
+    from ..models.regnet import CompositeNet, GlobalNet, LocalNet
 
     return isinstance(model, (LocalNet, GlobalNet, CompositeNet))
 
@@ -177,7 +249,7 @@ def registration_refusal(model: nn.Module, shape: Sequence[int]) -> str | None:
     """Why registration network ``model`` cannot take two inputs of ``shape`` (batch included), in the network's
     own words (channels; the grid an affine head is built for), or ``None`` when it takes them: one forward pass on
     zeros, so a caller refuses a wrong shape in one line before exporting or timing anything."""
-    from .errors import LeancnnError
+    from ..errors import LeancnnError
 
     p = next(model.parameters(), None)
     x = torch.zeros(tuple(shape), device=p.device if p is not None else "cpu")
@@ -206,29 +278,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, input_shape: Sequenc
     """Write ``model`` for inputs of ``input_shape`` (batch included) to ``path``; returns the path. A classifier
     (e.g. ``(1, 3, 32, 32)``): input ``input``, output ``logits``. A registration network (:func:`is_registration`;
     ``(B, C, X, Y, Z)``, the shape of each of its two inputs): inputs ``moving``, ``fixed``, output ``ddf``."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), got {input_shape!r}")
-    registration = is_registration(model)
-    if registration and len(shape) != 5:
-        raise ValueError(f"input_shape of a registration network is (B, C, X, Y, Z), the shape of each of its two "
-                         f"inputs (moving, fixed), got {input_shape!r}")
-    net = copy.deepcopy(model).eval()
-    p = next(net.parameters(), None)
-    x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
-    kind, args, names, outputs = MODEL_KIND, (x,), [INPUT], [LOGITS]
-    if registration:
-        net, args, kind = _DdfGraph(net).eval(), (x, x.clone()), REGISTRATION_KIND
-        names, outputs = [MOVING, FIXED], [DDF]
-        refusal = registration_refusal(net.model, shape)
-        if refusal:
-            raise ValueError(f"input_shape {shape}: {refusal}")
-    metadata = {KIND_KEY: kind, "leancnn.model": getattr(model, "model_name", type(model).__name__),
-                "leancnn.input_shape": "x".join(map(str, shape))}
-    return _export(net, args, Path(path), names, outputs, opset, exporter, metadata)
+    g = model_graph(model, input_shape, step=False)  # a stream MoViNet: its whole-clip forward
+    return _export(g.module, g.args, Path(path), g.inputs, g.outputs, opset, exporter, g.metadata)
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -300,5 +351,22 @@ class OnnxStream:
         return out[0], dict(zip(self.keys, out[1:]))
 
 
-__all__ = ["DDF", "FIXED", "FRAMES", "LOGITS", "MOVING", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX",
-           "export_model", "export_stream_step", "is_registration", "registration_refusal"]
+
+
+def to_executorch(*args, **kwargs):
+    """See :func:`leancnn.export.pte.to_executorch` (imported on first use: ExecuTorch is slow to import)."""
+    from .pte import to_executorch as impl
+
+    return impl(*args, **kwargs)
+
+
+def load_executorch(*args, **kwargs):
+    """See :func:`leancnn.export.pte.load_executorch`."""
+    from .pte import load_executorch as impl
+
+    return impl(*args, **kwargs)
+
+
+__all__ = ["DDF", "FIXED", "FRAMES", "Graph", "LOGITS", "MOVING", "NEW_STATE_PREFIX", "OnnxStream", "STATE_PREFIX",
+           "export_model", "export_stream_step", "is_registration", "is_stream", "load_executorch", "model_graph",
+           "registration_refusal", "stream_graph", "to_executorch"]

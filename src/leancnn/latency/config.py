@@ -21,11 +21,13 @@ from ..threads import allowed_cpus
 @dataclass
 class LatencyModelConfig:
     """One model of a latency grid: exactly one of ``name`` (a registered model, random weights),
-    ``checkpoint`` (a training run directory or ``.pt``) or ``onnx`` (an ``.onnx`` file: onnxruntime only)."""
+    ``checkpoint`` (a training run directory or ``.pt``), ``onnx`` (an ``.onnx`` file: onnxruntime only) or ``pte``
+    (an ExecuTorch program written by ``leancnn export``, fp32 or int8 as it is: the executorch backend only)."""
 
     name: str | None = None
     checkpoint: str | None = None
     onnx: str | None = None
+    pte: str | None = None
     # input shape without the batch: (C, H, W) for an image classifier, (C, T, H, W) for a video model; for a
     # stream MoViNet T is the frames fed per stream step. Default: the registry's input size (a stream model: one
     # frame per step at the registry's H x W), a run's training size, the ONNX file's own input shape.
@@ -57,8 +59,10 @@ class LatencyGridConfig:
     # skipped with a note where neither cgroup v1 nor v2 is writable
     quotas: list[float] = rule(factory=list, gt=0.0, unique=True)
     threads: list[int] = rule(factory=lambda: [1], ge=1, min_len=1, unique=True)
-    backends: list[Literal["eager", "compile", "onnxruntime"]] = rule(factory=lambda: ["eager"], min_len=1,
-                                                                     unique=True)
+    # executorch / executorch_int8: the model lowered to an ExecuTorch program with the XNNPACK delegate, fp32 or
+    # int8 (calibrated on random inputs: the timing holds, the accuracy does not), run in ExecuTorch's runtime
+    backends: list[Literal["eager", "compile", "onnxruntime", "executorch", "executorch_int8"]] = rule(
+        factory=lambda: ["eager"], min_len=1, unique=True)
     batch_sizes: list[int] = rule(factory=lambda: [1], ge=1, min_len=1, unique=True)
 
 
@@ -110,10 +114,11 @@ class LatencyConfig:
                 raise ConfigError(f"config key 'grid.quotas[{i}]' = {q:g} is above the {cores} CPU(s) this process may "
                                   f"run on (os.sched_getaffinity); allowed: (0, {cores}] cores")
         for i, m in enumerate(self.models):
-            given = [k for k in ("name", "checkpoint", "onnx") if getattr(m, k) is not None]
+            given = [k for k in ("name", "checkpoint", "onnx", "pte") if getattr(m, k) is not None]
             if len(given) != 1:
                 raise ConfigError(f"config key 'models[{i}]' needs exactly one of name (a registered model), "
-                                  f"checkpoint (a run directory or .pt) or onnx (an .onnx file); got {given or 'none'}")
+                                  f"checkpoint (a run directory or .pt), onnx (an .onnx file) or pte (an ExecuTorch "
+                                  f".pte from leancnn export); got {given or 'none'}")
         for i, load in enumerate(self.grid.loads):
             try:
                 LoadSpec(**dataclasses.asdict(load))

@@ -15,8 +15,9 @@ x threads x backend x batch size; :func:`plan_conditions`). :func:`run_condition
 4. the load's measured CPU share and run-queue wait, system snapshots before and after (load average, CPU
    frequency), and whether the load survived or the time budget cut the condition short are recorded.
 
-:func:`make_callable` turns a model into one inference on PyTorch eager, ``torch.compile`` or onnxruntime (a model's
-ONNX export is made once and cached: :func:`cached_export`); a pair that cannot run raises :class:`Skip`.
+:func:`make_callable` turns a model into one inference on PyTorch eager, ``torch.compile``, onnxruntime or
+ExecuTorch with the XNNPACK delegate, fp32 or int8 (a model's ONNX export and ExecuTorch programs are made once and
+cached: :func:`cached_export`, :func:`cached_pte`); a pair that cannot run raises :class:`Skip`.
 :func:`csv_rows` formats sample rows as lines of ``samples.csv`` (:data:`SAMPLE_COLUMNS`); :func:`versions` and
 :func:`device_name` say what a measurement ran on.
 
@@ -114,13 +115,13 @@ class ModelSpec:
     """A model of the run, resolved: ``module`` (None for an ONNX file), ``input`` without the batch."""
 
     label: str
-    source: str  # registry | checkpoint | onnx
+    source: str  # registry | checkpoint | onnx | pte
     name: str
     input: tuple[int, ...]
     kind: str  # classifier | stream_step | registration (two inputs of ``input``: moving, fixed)
     module: nn.Module | None = None
-    onnx_path: Path | None = None
-    onnx_batch: int | None = None  # the ONNX file's fixed batch (None: dynamic)
+    onnx_path: Path | None = None  # an ONNX or .pte file (source onnx / pte)
+    onnx_batch: int | None = None  # the file's fixed batch (None: dynamic)
     params: int | None = None
     macs: int | None = None
 
@@ -156,6 +157,69 @@ def cached_export(spec: ModelSpec, batch: int) -> Path:
     return path
 
 
+EXECUTORCH_BACKENDS = {"executorch": None, "executorch_int8": "int8"}
+CALIBRATION_BATCHES = 8
+
+
+def cached_pte(spec: ModelSpec, batch: int, quantize: str | None) -> Path:
+    """The model's ExecuTorch program (XNNPACK; ``quantize="int8"``: calibrated on :data:`CALIBRATION_BATCHES`
+    seeded random batches, enough for the timing, not for accuracy) at this batch, made once and cached under
+    ``$LEANCNN_CACHE/latency/pte`` (keyed as :func:`cached_export`, plus the quantization and ExecuTorch's version)."""
+    from importlib.metadata import version
+
+    from ..export.pte import to_executorch
+
+    key = hashlib.sha256(json.dumps([spec.name, spec.kind, list(spec.input), batch, quantize,
+                                     state_digest(spec.module.state_dict()), torch.__version__,
+                                     version("executorch")]).encode()).hexdigest()[:16]
+    path = cache_dir() / "latency" / "pte" / f"{spec.name}-b{batch}-{quantize or 'fp32'}-{key}.pte"
+    if not path.is_file():
+        shape = (batch, *spec.input)
+        calibration = None
+        if quantize:
+            g = torch.Generator().manual_seed(0)
+            if spec.kind == "stream_step":  # whole clips of 8 steps, stepped through with the state carried
+                c, t, h, w = spec.input
+                calibration = [torch.randn((batch, c, 8 * t, h, w), generator=g) for _ in range(2)]
+            else:
+                calibration = [torch.randn(shape, generator=g) for _ in range(CALIBRATION_BATCHES)]
+        to_executorch(spec.module, path, shape, quantize=quantize, calibration=calibration)
+    return path
+
+
+def _executorch_callable(spec: ModelSpec, cond: Condition, cache: dict) -> Callable[[], Any]:
+    from ..export.pte import load_executorch, set_threads
+
+    quantize, batch = EXECUTORCH_BACKENDS[cond.backend], cond.batch
+    if spec.source == "pte" and spec.onnx_batch != batch:
+        raise Skip(f"the .pte file's batch is fixed at {spec.onnx_batch}")
+    try:
+        path = spec.onnx_path if spec.source == "pte" else cache.setdefault(("pte", spec.label, batch, quantize),
+                                                                            cached_pte(spec, batch, quantize))
+        key = ("et", spec.label, batch, quantize)
+        if key not in cache:
+            cache[key] = load_executorch(path, threads=None)
+    except Exception as e:  # noqa: BLE001 - an export failure skips the model, with the reason
+        raise Skip(f"ExecuTorch export failed: {str(e).splitlines()[0][:200]}") from None
+    set_threads(cond.threads)  # ExecuTorch's thread pool (XNNPACK), process-wide
+    program = cache[key]
+    x = torch.randn((batch, *spec.input), generator=torch.Generator().manual_seed(0))
+    if spec.kind == "stream_step":
+        box = [program.init_state()]
+
+        def run_stream():
+            _, box[0] = program.step(x, box[0])
+
+        return run_stream
+    xs = [x] * len(program.inputs)  # a registration network: moving and fixed, the same volume
+    run = program.run
+
+    def run_pte():
+        run(*xs)
+
+    return run_pte
+
+
 def _ort_options(threads: int, spinning: bool):
     import onnxruntime as ort
 
@@ -177,6 +241,12 @@ def make_callable(spec: ModelSpec, cond: Condition, cfg: LatencyConfig, cache: d
     device = torch.device(cfg.device)
     if spec.source == "onnx" and backend != "onnxruntime":
         raise Skip("an ONNX file runs only on the onnxruntime backend")
+    if spec.source == "pte" and backend != "executorch":
+        raise Skip("an ExecuTorch .pte runs as it is (fp32 or int8) on the executorch backend only")
+    if backend in EXECUTORCH_BACKENDS:
+        if device.type != "cpu":
+            raise Skip("ExecuTorch runs on the CPU here (the XNNPACK delegate)")
+        return _executorch_callable(spec, cond, cache)
     if backend == "onnxruntime":
         if device.type != "cpu":
             raise Skip("onnxruntime runs on the CPU here (the CPU build of onnxruntime is installed)")
@@ -416,6 +486,12 @@ def versions() -> dict:
         out["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         out["onnxruntime"] = None
+    try:
+        from importlib.metadata import version
+
+        out["executorch"] = version("executorch")
+    except Exception:  # noqa: BLE001 - not installed: recorded as None
+        out["executorch"] = None
     exe = stress_ng_path()
     if exe:
         try:

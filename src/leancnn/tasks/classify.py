@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import ConcatDataset
 
 from .. import report
@@ -21,6 +22,7 @@ from ..train.distributed import launch
 from ..train.engine import progress_enabled
 from .classification import ClassifyTask, eval_loader, train_loader
 from .digits import (
+    IMAGE_SHAPE,
     _check_domains,
     build_datasets,
     build_model,
@@ -112,6 +114,23 @@ class ClassifySpec(TaskSpec):
 
     def input_shape(self, cfg, state):
         return tuple(get_model_entry(cfg.model.name).input_size)
+
+    def export_shape(self, cfg, state):
+        return IMAGE_SHAPE  # what the run was trained and tested on (the registry's size is for timing)
+
+    def calibration_inputs(self, cfg, state, batches):
+        ds = DigitsDataset(cfg.data.domains, "train", seed=cfg.data.split_seed)
+        g = torch.Generator().manual_seed(cfg.data.split_seed + 3)
+        idx = torch.randperm(len(ds), generator=g)[:batches * cfg.data.batch_size].tolist()
+        xs = torch.stack([ds[i][0] for i in idx])
+        return list(xs.split(cfg.data.batch_size))
+
+    def evaluate_export(self, cfg, state, model, limit=0):
+        domains = cfg.data.test_domains or cfg.data.domains
+        tests = {d: limit_dataset(DigitsDataset([d], "test", seed=cfg.data.split_seed), limit, cfg.data.split_seed + 2)
+                 for d in domains}
+        results = test_model(model, tests, cfg, torch.device("cpu"), progress_enabled(DistContext()))
+        return {d: r["acc"] for d, r in results.items() if d != "all"}
 
 
 SPEC = register_task(ClassifySpec())

@@ -95,6 +95,20 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
     from ..train.checkpoint import load_checkpoint
 
     where = f"config key 'models[{index}]'"
+    if m.pte is not None:
+        from ..export.pte import read_metadata
+
+        path = Path(m.pte).expanduser()
+        try:
+            meta = read_metadata(path)
+        except LeancnnError as e:
+            raise LeancnnError(f"{where}: {e}") from None
+        shape = tuple(meta["inputs"][0]["shape"])
+        kind = {"movinet_stream_step": "stream_step"}.get(meta["kind"], meta["kind"])
+        if m.input is not None and tuple(m.input) != shape[1:]:
+            raise LeancnnError(f"{where}: input {m.input} differs from the program's {list(shape[1:])}")
+        return ModelSpec(m.label or path.stem, "pte", f"{meta['model']} ({meta['quantize']})", shape[1:], kind,
+                         onnx_path=path.resolve(), onnx_batch=shape[0])
     if m.onnx is not None:
         path = Path(m.onnx).expanduser()
         shape, batch = _onnx_input(path, where)
@@ -313,12 +327,12 @@ def check_run(cfg: LatencyConfig) -> tuple[list[ModelSpec], list[Condition], dic
     runnable = [s.label for s in specs if any(_may_run(s, b) for b in cfg.grid.backends)]
     if not runnable:
         raise LeancnnError("no model of the config can run on any backend of grid.backends (ONNX files need "
-                           "onnxruntime)")
+                           "onnxruntime, .pte files executorch)")
     return specs, conditions, unavailable
 
 
 def _may_run(spec: ModelSpec, backend: str) -> bool:
-    return spec.source != "onnx" or backend == "onnxruntime"
+    return {"onnx": backend == "onnxruntime", "pte": backend == "executorch"}.get(spec.source, True)
 
 
 def _same_run(saved: dict, cfg: LatencyConfig) -> list[str]:
@@ -339,6 +353,7 @@ def check_output_path(out: str | Path, cfg: LatencyConfig, config_file: str | Pa
     for i, m in enumerate(cfg.models):
         inputs += checkpoint_inputs(m.checkpoint, f"models[{i}]") if m.checkpoint else []
         inputs += [(f"models[{i}] ONNX file", Path(m.onnx).expanduser())] if m.onnx else []
+        inputs += [(f"models[{i}] ExecuTorch file", Path(m.pte).expanduser())] if m.pte else []
     return check_output_dir(check_output(out, inputs, "-o"))
 
 

@@ -105,6 +105,22 @@ class TaskSpec:
         (``state``: the checkpoint, whose ``meta`` may record it, e.g. a grid); ``None``: the run cannot be timed."""
         return None
 
+    def export_shape(self, cfg, state: dict) -> tuple[int, ...] | None:
+        """One sample's input shape as the run's data has it (what ``leancnn export`` writes and checks by default;
+        a stream step: one frame, ``(C, 1, H, W)``); default :meth:`input_shape`. ``None``: nothing to export."""
+        return self.input_shape(cfg, state)
+
+    def calibration_inputs(self, cfg, state: dict, batches: int) -> list | None:
+        """Up to ``batches`` batches of the run's training inputs, as the network sees them at evaluation (no
+        augmentation), a fixed draw: what int8 quantization calibrates on. ``None``: this task has none."""
+        return None
+
+    def evaluate_export(self, cfg, state: dict, model: nn.Module, limit: int = 0) -> dict[str, float] | None:
+        """The run's test accuracies (``{set: accuracy in [0, 1]}``) of ``model``: the run's network, or an
+        exported program behind a module (:class:`leancnn.export.pte.ExecutorchModule`); ``limit`` > 0: a fixed
+        subset of that many samples per set. ``None``: the task has no accuracy to compare."""
+        return None
+
 
 # ----------------------------------------------------------------------------------------- registry
 

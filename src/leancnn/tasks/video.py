@@ -370,6 +370,25 @@ class VideoSpec(TaskSpec):
     def input_shape(self, cfg, state):
         return (3, cfg.data.frames, cfg.data.height, cfg.data.width)
 
+    def export_shape(self, cfg, state):
+        stream = is_stream_model(self.model_from_state(cfg, state))
+        return (3, 1 if stream else cfg.data.frames, cfg.data.height, cfg.data.width)  # a stream step: one frame
+
+    def calibration_inputs(self, cfg, state, batches):
+        ds = video_dataset(cfg.data, "train")
+        g = torch.Generator().manual_seed(cfg.data.seed + 3)
+        idx = torch.randperm(len(ds), generator=g)[:batches * cfg.data.batch_size].tolist()
+        return list(torch.stack([ds[i][0] for i in idx]).split(cfg.data.batch_size))
+
+    def evaluate_export(self, cfg, state, model, limit=0):
+        ds = video_dataset(cfg.data, "test")
+        if 0 < limit < len(ds):
+            g = torch.Generator().manual_seed(cfg.data.seed + 2)
+            ds = torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=g)[:limit].sort().values.tolist())
+        loader = eval_loader(ds, cfg.data.eval_batch_size)
+        return {"test": score(*predict(model, loader, torch.device("cpu"), progress_enabled(DistContext()),
+                                       "test"))["acc"]}
+
 
 SPEC = register_task(VideoSpec())
 
