@@ -19,6 +19,8 @@ Stage 7: `leancnn search prune` on the stage-1 classifier: a few trials of per-l
 each scored by validation accuracy and measured p99 latency under a co-running hog; the Pareto front and its plot.
 Stage 8: `leancnn retrieve` without and with MixStyle: re-identification of handwriting identities trained in one
 style and tested on unseen identities in an unseen style (rank-1, mAP).
+Stage 9: `leancnn export` of the stage-5 pruned classifier to ExecuTorch (XNNPACK) in fp32 and int8 and to ONNX,
+each checked against PyTorch, int8's accuracy before and after, and the three timed side by side by the latency tool.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .tasks.lodo import run_lodo, table
 from .tasks.runs import check_path_arg, checkpoint_inputs, data_inputs, held_run_files
 from .train import load_checkpoint, load_model_state
 
-N_STAGES = 8
+N_STAGES = 9
 
 # The demo's built-in experiment; configs/demo.yaml is the same file (a test keeps them equal).
 DEMO_CONFIG = {
@@ -220,8 +222,10 @@ DEMO_PRUNE = {"name": "demo-prune", "target_macs": 0.5, "criteria": ["l1", "bn",
               "finetune_epochs": 1, "finetune_limit_train": 2000}
 
 
-def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, force: bool = False) -> tuple[str, str]:
-    """Prune the demo's classifier (``leancnn prune``), fine-tune it, time both; the report's section."""
+def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, force: bool = False
+                  ) -> tuple[tuple[str, str], str]:
+    """Prune the demo's classifier (``leancnn prune``), fine-tune it, time both; the report's section and the
+    pruned, fine-tuned checkpoint."""
     from .latency import report as lreport
     from .latency.config import LatencyConfig
     from .tasks import latency as latency_task
@@ -264,7 +268,55 @@ def prune_section(cfg: ExperimentConfig, out: Path, classifier: str | Path, forc
             f"{s['macs_before'] / s['macs_after']:.2f}x fewer MACs. The search of the blend's weights (`--search ea`) "
             "and the full comparison of criteria are in docs/results.md; `leancnn evaluate prune/pruned.pt` and "
             "`--resume` work on the pruned runs like on any other.")
-    return "Pruning: blended criteria", text
+    return ("Pruning: blended criteria", text), ft["checkpoint"]
+
+
+# Stage 9: the pruned classifier leaves for a device: ExecuTorch fp32 and int8, ONNX, checked and timed side by side.
+
+def deploy_section(cfg: ExperimentConfig, out: Path, pruned: str | Path) -> tuple[str, str]:
+    """``leancnn export`` of the pruned classifier to .pte (fp32, int8) and .onnx, and their latency; the section."""
+    from .latency import report as lreport
+    from .latency.config import LatencyConfig
+    from .tasks import deploy
+    from .tasks import latency as latency_task
+
+    d = out / "deploy"
+    short = cfg.data.limit_train > 0
+    limit = 100 if short else 500
+    files = {"ONNX fp32": d / "pruned.onnx", "ExecuTorch fp32": d / "pruned.pte",
+             "ExecuTorch int8": d / "pruned-int8.pte"}
+    results = {}
+    for name, path in files.items():
+        quant = "int8" if "int8" in name else None
+        results[name] = deploy.export_command(str(pruned), path, "onnx" if path.suffix == ".onnx" else "executorch",
+                                              quant, calibrate=1 if short else 4, limit=limit, force=True)
+        print(f"  {name}: {path.name}, max relative difference from PyTorch "
+              f"{results[name]['parity']['max_rel_diff']:.1e}", flush=True)
+    lcfg = from_dict(LatencyConfig, {  # the files just written, each on its runtime, interleaved in one condition
+        "name": "demo-deploy-latency",
+        "models": [{"onnx" if p.suffix == ".onnx" else "pte": str(p), "label": name} for name, p in files.items()],
+        "grid": {"loads": [{"workers": 0}], "threads": [1], "backends": ["onnxruntime", "executorch"]},
+        "protocol": {"warmup": 5, "samples": 20 if short else 100, "block": 10, "settle_seconds": 0.0}})
+    latency_task.run(lcfg, d / "latency", force=True, log=lambda line: None, progress=False, report=False)
+    data = lreport.load_run(d / "latency")
+    med = {m: float(np.median(data.samples["latency_s"][data.samples["model"] == m])) for m in data.models}
+    acc = results["ExecuTorch int8"]["accuracy"]
+    rows = [[name, p.name, f"{p.stat().st_size / 1e6:.2f}", f"{results[name]['parity']['max_rel_diff']:.1e}",
+             f"{1e3 * med[name]:.3f}" if name in med else "–"] for name, p in files.items()]
+    acc_text = ", ".join(f"{k} {100 * acc['pytorch'][k]:.1f}% -> {100 * acc['exported'][k]:.1f}%"
+                         for k in acc["pytorch"] if k != "mean")
+    text = ("`leancnn export` of the stage-5 pruned, fine-tuned classifier (`deploy/`; docs/deploy.md): each file "
+            "loaded in its own runtime and run beside PyTorch on the same inputs, then the three files timed by "
+            "`leancnn latency` (onnxruntime and ExecuTorch's runtime, interleaved, batch 1, one thread, idle, median "
+            f"of {lcfg.protocol.samples}):\n\n"
+            + report.format_table(rows, ["format", "file", "MB", "max rel. diff vs PyTorch", "median ms"],
+                                  markdown=True)
+            + "\n\nint8 (XNNPACK quantizer, calibrated on training batches): test accuracy PyTorch -> int8 on "
+              f"{limit} images per domain: {acc_text}"
+              + (f" (mean {100 * acc['pytorch']['mean']:.1f}% -> {100 * acc['exported']['mean']:.1f}%)"
+                 if "mean" in acc["pytorch"] else "")
+            + ". Measured across models, seeds and loads: docs/results.md and docs/benchmarks.md.")
+    return "Deployment: ExecuTorch fp32 / int8 and ONNX", text
 
 
 # Stage 7: latency-aware pruning search on the stage-1 classifier: a few trials of `leancnn search prune` (per-bucket
@@ -478,7 +530,8 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
     stage_times.append(time.perf_counter() - start - sum(stage_times))
     print(f"[demo 5/{N_STAGES}] pruning: the stage-1 classifier to half its MACs with blended criteria, fine-tuned "
           "briefly", flush=True)
-    sections.append(prune_section(cfg, out, summary["checkpoint"], force))
+    prune_sec, pruned_ckpt = prune_section(cfg, out, summary["checkpoint"], force)
+    sections.append(prune_sec)
     stage_times.append(time.perf_counter() - start - sum(stage_times))
     print(f"[demo 6/{N_STAGES}] registration: a network trained briefly on MR/ultrasound-like phantom pairs, "
           "Dice and TRE before and after", flush=True)
@@ -491,6 +544,10 @@ def run_demo(cfg: ExperimentConfig, out: str | Path | None = None, force: bool =
     print(f"[demo 8/{N_STAGES}] retrieval across styles: re-identification without and with MixStyle",
           flush=True)
     sections.append(retrieve_section(cfg, out, force))
+    stage_times.append(time.perf_counter() - start - sum(stage_times))
+    print(f"[demo 9/{N_STAGES}] deployment: the pruned classifier exported to ExecuTorch (fp32, int8) and ONNX, "
+          "checked against PyTorch and timed side by side", flush=True)
+    sections.append(deploy_section(cfg, out, pruned_ckpt))
     stage_times.append(time.perf_counter() - start - sum(stage_times))
     sections.append(("Config", "```yaml\n" + dump_config(cfg) + "```"))
     elapsed = time.perf_counter() - start
