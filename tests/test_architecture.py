@@ -27,7 +27,8 @@ ALLOWED = {
     "leancnn.latency": {"leancnn.nn", "leancnn.models", "leancnn.train", "leancnn.export", "leancnn"},
     "leancnn.search": {"leancnn.nn", "leancnn.models", "leancnn.prune"},
 }
-TASK_MODULES = {"classify", "video", "register", "prune", "lodo", "latency", "search", "retrieve", "rl", "deploy"}  # each a command's task
+# each a command's task
+TASK_MODULES = {"classify", "video", "register", "prune", "lodo", "latency", "search", "retrieve", "rl", "deploy"}
 SHARED_TASK_MODULES = {"protocol", "lifecycle", "runs", "classification", "digits", "semi", "catalog", "pruning"}
 
 

@@ -114,6 +114,25 @@ def test_stream_step_matches_pytorch_over_16_frames_in_steps_of_1(tmp_path):
         whole = model(clip)
     assert _rel(logits, whole) <= 1e-4  # frame by frame = the whole clip
     assert int(state["frame_count"].reshape(-1)[0]) == 16
+    # the module form streams whole clips through the step (what `leancnn export --evaluate` runs on a video run)
+    assert _rel(ExecutorchModule(program)(clip), whole) <= 1e-4
+
+
+def test_video_runs_give_calibration_clips_and_a_test_accuracy_for_any_module():
+    from leancnn.config import from_dict
+    from leancnn.tasks.video import VideoConfig, VideoSpec
+
+    cfg = from_dict(VideoConfig, {"model": {"name": "movinet_a0_stream"},
+                                  "data": {"frames": 8, "height": 24, "width": 24, "train": 20, "val": 10, "test": 10,
+                                           "batch_size": 4}})
+    spec = VideoSpec()
+    assert spec.export_shape(cfg, {}) == (3, 1, 24, 24)  # a stream run exports one frame per step
+    batches = spec.calibration_inputs(cfg, {}, 2)
+    assert [tuple(b.shape) for b in batches] == [(4, 3, 8, 24, 24)] * 2
+    again = spec.calibration_inputs(cfg, {}, 2)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # a fixed draw
+    acc = spec.evaluate_export(cfg, {}, create_model("movinet_a0_stream", num_classes=10).eval(), limit=6)
+    assert set(acc) == {"test"} and 0.0 <= acc["test"] <= 1.0
 
 
 def test_bad_arguments_are_refused(tmp_path):
@@ -127,6 +146,25 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="stream step"):
         to_executorch(create_model("movinet_a0_stream"), tmp_path / "m.pte", (1, 3, 48, 48))
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_retrieval_run_exports_its_embedding(tmp_path):
+    import onnxruntime as ort
+
+    from leancnn.export import export_model
+    from leancnn.tasks.retrieve import Embedder, RetrieveSpec, embed_pool
+
+    model = create_model("resnet20", num_classes=7).eval()
+    net = RetrieveSpec().export_network(None, {}, model)
+    assert isinstance(net, Embedder)
+    path = export_model(net, tmp_path / "emb.onnx", (1, 3, 32, 32))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["embedding"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = embed_pool(model, x)
+    got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    assert got.shape == ref.shape and _rel(got, ref) <= 1e-4
 
 
 # ------------------------------------------------------------------------------------------ leancnn export
@@ -156,6 +194,7 @@ def test_export_cli_int8_reports_accuracy_before_and_after(run, tmp_path, capsys
     assert "accuracy" in text and "points lost" in text
     meta = read_metadata(out)
     assert meta["quantize"] == "int8" and meta["calibration_steps"] == 64  # 1 batch of 64, cut into batches of 1
+    assert meta["quantized_tensors"] > 5  # really int8 inside
     acc = meta["check"]["accuracy"]
     assert set(acc["pytorch"]) == set(acc["exported"]) == {"mnist"}
     assert abs(acc["pytorch"]["mnist"] - acc["exported"]["mnist"]) <= 0.1  # int8: close, reported

@@ -209,7 +209,8 @@ def model_graph(model: nn.Module, input_shape: Sequence[int], fuse: bool = True,
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), got {input_shape!r}")
+        raise ValueError(f"input_shape must be a non-empty sequence of positive ints (batch first), "
+                         f"got {input_shape!r}")
     if is_stream(model) if step is None else step:
         if len(shape) != 5 or shape[1] != model.in_chans:
             raise ValueError(f"input_shape of a stream step is (B, {model.in_chans}, T, H, W) (T new frames per step), "
@@ -226,7 +227,7 @@ def model_graph(model: nn.Module, input_shape: Sequence[int], fuse: bool = True,
     p = next(net.parameters(), None)
     x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
                     device=p.device if p is not None else "cpu")
-    kind, args, names, outputs = MODEL_KIND, (x,), [INPUT], [LOGITS]
+    kind, args, names, outputs = MODEL_KIND, (x,), [INPUT], [getattr(model, "export_output", LOGITS)]
     if registration:
         net, args, kind = _DdfGraph(net).eval(), (x, x.clone()), REGISTRATION_KIND
         names, outputs = [MOVING, FIXED], [DDF]

@@ -74,8 +74,8 @@ def _sha256(path: Path) -> str:
 @contextlib.contextmanager
 def _quiet():
     """torch.export / the quantizer / the lowering log and warn a lot about things a user cannot act on."""
-    names = ["torch._export", "torch.export", "executorch", "torchao", "torch._dynamo", "torch.fx", "torch.utils._pytree",
-             "root"]
+    names = ["torch._export", "torch.export", "executorch", "torchao", "torch._dynamo", "torch.fx",
+             "torch.utils._pytree", "root"]
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
@@ -117,10 +117,16 @@ def _check_shapes(graph: Graph, example: tuple) -> None:
                              f"{tuple(want.shape)}")
 
 
-def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True) -> tuple[nn.Module, int]:
+def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True) -> tuple[nn.Module, int, int]:
     """``graph.module`` quantized to int8 for XNNPACK (weights per channel, activations per tensor, static), by
     torch's PT2E flow: export, ``prepare_pt2e`` with the XNNPACK quantizer, run the calibration inputs
-    (:func:`_batches`), ``convert_pt2e``. Returns the converted module and the number of calibration steps run."""
+    (:func:`_batches`), ``convert_pt2e``. Returns the converted module, the number of calibration steps run and the
+    number of tensors quantized (none is an error: the graph would stay fp32 under an int8 name)."""
+    from ..nn.layers import TapCroppedConv2d
+
+    for m in graph.module.modules():  # the quantizer needs every convolution's weight as a parameter, not a slice
+        if isinstance(m, TapCroppedConv2d):  # of one (the padding-tap crop of small maps); the sums are the same
+            m.crop = False
     with _quiet():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -128,7 +134,8 @@ def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True)
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        captured = torch.export.export(graph.module, graph.args, strict=False).module()
+        with torch.no_grad():  # else a forward that disables grad itself (the stream step) is captured as one
+            captured = torch.export.export(graph.module, graph.args, strict=False).module()  # opaque submodule
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
         prepared = prepare_pt2e(captured, quantizer)
         steps, gen = 0, _batches(graph, calibration)
@@ -144,7 +151,12 @@ def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True)
                 pass
         if steps == 0:
             raise ValueError(f"int8 needs calibration inputs: none of batch {graph.args[0].shape[0]} or more was given")
-        return convert_pt2e(prepared), steps
+        converted = convert_pt2e(prepared)
+    quantized = sum(1 for n in converted.graph.nodes if n.op == "call_function" and "quantize_per" in str(n.target)
+                    and "dequantize" not in str(n.target))
+    if quantized == 0:  # never ship an "int8" program that is fp32 inside
+        raise ValueError("int8: the XNNPACK quantizer found no operator to quantize in this graph")
+    return converted, steps, quantized
 
 
 def _outside_delegate(program) -> list[str]:
@@ -238,11 +250,11 @@ def to_executorch(model: nn.Module, path: str | os.PathLike, input_shape: Sequen
         raise ValueError(f"path '{path}' is a directory")
     graph = model_graph(model, input_shape, fuse=fuse)
     what = f"{graph.metadata['leancnn.model']} ({graph.kind})"
-    module, steps = graph.module, 0
+    module, steps, quantized = graph.module, 0, 0
     if quantize == "int8":
         if calibration is None:
             raise ValueError("quantize='int8' needs calibration inputs (a few batches of training data)")
-        module, steps = quantize_int8(graph, calibration)
+        module, steps, quantized = quantize_int8(graph, calibration)
     program, outside = lower(module, graph.args, what)
     with torch.no_grad():
         outputs = graph.module(*graph.args)
@@ -252,7 +264,7 @@ def to_executorch(model: nn.Module, path: str | os.PathLike, input_shape: Sequen
         "inputs": [{"name": n, **_spec(t)} for n, t in zip(graph.inputs, graph.args)],
         "outputs": [{"name": n, **_spec(t)} for n, t in zip(graph.outputs, outputs)],
         "state_keys": graph.state_keys,
-        "quantize": quantize or "fp32", "calibration_steps": steps,
+        "quantize": quantize or "fp32", "calibration_steps": steps, "quantized_tensors": quantized,
         "delegate": "xnnpack", "outside_delegate": outside,
         "graph": {k.removeprefix("leancnn."): v for k, v in graph.metadata.items() if k != KIND_KEY},
         "versions": {"leancnn": _version("leancnn"), "torch": torch.__version__, "executorch": _version("executorch")},
@@ -330,8 +342,8 @@ class ExecutorchProgram:
     """A ``.pte`` written by :func:`to_executorch`, loaded in ExecuTorch's runtime (see the module docstring).
 
     ``metadata``: its JSON; ``inputs`` / ``outputs``: the names in order; ``program(*tensors)``: the outputs (a
-    list of new tensors: the runtime copies them out, the next call does not overwrite them). For a stream step: ``keys`` (the state keys),
-    ``init_state()``, ``step(frames, state=None) -> (logits, new_state)``."""
+    list of new tensors: the runtime copies them out, the next call does not overwrite them). For a stream step:
+    ``keys`` (the state keys), ``init_state()``, ``step(frames, state=None) -> (logits, new_state)``."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = 1, kind: str | None = None):
         from executorch.runtime import Runtime

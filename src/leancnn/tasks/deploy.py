@@ -51,7 +51,8 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     try:
         shape = tuple(int(v) for v in str(text).lower().replace(",", "x").split("x"))
     except ValueError:
-        raise LeancnnError(f"--input-shape must be sizes joined by x (one sample, e.g. 3x32x32), got '{text}'") from None
+        raise LeancnnError(f"--input-shape must be sizes joined by x (one sample, e.g. 3x32x32), "
+                           f"got '{text}'") from None
     if not shape or any(v < 1 for v in shape):
         raise LeancnnError(f"--input-shape must be positive sizes joined by x, got '{text}'")
     return shape
@@ -96,7 +97,7 @@ def load_source(source: str, device: torch.device = torch.device("cpu")):
             raise LeancnnError(f"'{source}' is a {run.task.kind_of(run.state)} run, which has no network with a "
                                f"fixed input to export (a {run.task.kind_of(run.state)} run is for "
                                f"{run.task.commands})")
-        return run.model, tuple(shape), run
+        return run.task.export_network(run.cfg, run.state, run.model), tuple(shape), run
     try:
         entry = get_model_entry(str(source))
     except LeancnnError:
@@ -141,10 +142,12 @@ class _Runner:
             self.run = run
 
 
-def parity(model: nn.Module, path: Path, fmt: str, shape: tuple[int, ...], fuse: bool = True) -> dict:
-    """The exported file against PyTorch on seeded random inputs: the largest relative difference of the outputs
-    (a stream step: of the logits at every step over :data:`CHECK_FRAMES` frames, the state carried on both sides,
-    and of the final state)."""
+def parity(model: nn.Module, path: Path, fmt: str, shape: tuple[int, ...], fuse: bool = True,
+           example: torch.Tensor | None = None) -> dict:
+    """The exported file against PyTorch on the same inputs: the largest relative difference of the outputs (a
+    stream step: of the logits at every step over :data:`CHECK_FRAMES` frames, the state carried on both sides,
+    and of the final state). The inputs are seeded random ones, or ``example`` (a batch of the run's data; an int8
+    program is calibrated for that, not for noise)."""
     from ..export import model_graph
 
     graph = model_graph(model, shape, fuse=fuse)
@@ -156,6 +159,9 @@ def parity(model: nn.Module, path: Path, fmt: str, shape: tuple[int, ...], fuse:
             steps = max(1, CHECK_FRAMES // t)
             g = torch.Generator().manual_seed(0)
             clip = torch.randn((shape[0], shape[1], steps * t, *shape[3:]), generator=g)
+            if example is not None and example.shape[0] >= shape[0] and example.shape[2] >= t:
+                steps = example.shape[2] // t
+                clip = example[:shape[0], :, :steps * t].float()
             ref_state = list(graph.args[1:])
             got_state = [s.clone() for s in ref_state]
             for j in range(steps):
@@ -167,6 +173,8 @@ def parity(model: nn.Module, path: Path, fmt: str, shape: tuple[int, ...], fuse:
             state = max((_rel(a, b) for a, b in zip(got_state, ref_state) if b.is_floating_point()), default=0.0)
             return {"max_rel_diff": worst, "state_max_rel_diff": state, "frames": steps * t, "steps": steps}
         xs = _random_inputs(graph.args, 0)
+        if example is not None and example.shape[0] >= shape[0] and tuple(example.shape[1:]) == tuple(shape[1:]):
+            xs = [example[:shape[0]].float()] * len(xs)
         ref = graph.module(*xs)
         got = runner.run(*xs)[0]
         return {"max_rel_diff": _rel(got, ref), "max_abs_diff": float((got - ref).abs().max()), "steps": steps}
@@ -229,7 +237,10 @@ def export_command(source: str, out: str | Path, fmt: str = "executorch", quanti
     except ValueError as e:
         raise LeancnnError(str(e)) from None
     seconds = time.perf_counter() - t0
-    check = {"export_seconds": round(seconds, 2), "parity": parity(model, out, fmt, full)}
+    example = calibration[0] if calibration else None  # int8: checked on the run's data, as it is calibrated
+    check = {"export_seconds": round(seconds, 2), "parity": {**parity(model, out, fmt, full, example=example),
+                                                            "inputs": "training data" if example is not None
+                                                            else "random"}}
     if quantize is None and check["parity"]["max_rel_diff"] > FP32_TOLERANCE:
         check["warning"] = (f"fp32 outputs differ from PyTorch by {check['parity']['max_rel_diff']:.2e} relative "
                             f"(> {FP32_TOLERANCE:g})")
@@ -260,9 +271,8 @@ def report_rows(r: dict) -> list[list]:
     """The printed table of :func:`export_command`'s report."""
     p = r["parity"]
     rows = [["file", r["path"]], ["holds", r["summary"]],
-            ["vs PyTorch (max rel. diff)", f"{p['max_rel_diff']:.2e}" + (f" over {p['frames']} frames, state "
-                                                                        f"{p['state_max_rel_diff']:.2e}"
-                                                                        if "frames" in p else "")]]
+            ["vs PyTorch (max rel. diff)", f"{p['max_rel_diff']:.2e} on {p['inputs']} inputs"
+             + (f" over {p['frames']} frames, state {p['state_max_rel_diff']:.2e}" if "frames" in p else "")]]
     if r.get("outside_delegate"):
         rows.append(["outside XNNPACK", ", ".join(r["outside_delegate"])])
     acc = r.get("accuracy")

@@ -110,6 +110,11 @@ class TaskSpec:
         a stream step: one frame, ``(C, 1, H, W)``); default :meth:`input_shape`. ``None``: nothing to export."""
         return self.input_shape(cfg, state)
 
+    def export_network(self, cfg, state: dict, model: nn.Module) -> nn.Module:
+        """What ``leancnn export`` writes of the run's network (default the network; a module with an
+        ``export_output`` attribute names its output, e.g. ``"embedding"``)."""
+        return model
+
     def calibration_inputs(self, cfg, state: dict, batches: int) -> list | None:
         """Up to ``batches`` batches of the run's training inputs, as the network sees them at evaluation (no
         augmentation), a fixed draw: what int8 quantization calibrates on. ``None``: this task has none."""

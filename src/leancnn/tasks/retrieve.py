@@ -285,6 +285,23 @@ class RetrieveSpec(TaskSpec):
     def input_shape(self, cfg, state):
         return (3, SIZE, SIZE)
 
+    def export_network(self, cfg, state, model):
+        return Embedder(model)  # what retrieval deploys: the embedding, not the training identities' logits
+
+
+class Embedder(nn.Module):
+    """A retrieval network's embedding (:func:`embed_pool`) as its forward: what ``leancnn export`` writes."""
+
+    export_output = "embedding"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.model_name = getattr(model, "model_name", type(model).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed_pool(self.model, x)
+
 
 SPEC = register_task(RetrieveSpec())
 
