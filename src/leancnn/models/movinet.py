@@ -539,7 +539,8 @@ class MoViNet(_StreamStateApi):
             new.update({prefix + k: v for k, v in out.items()})
         x = self.head(x)
         head_sum = state["head_pool_buffer"] + x.mean((3, 4), keepdim=True).sum(2, keepdim=True)
-        new_count = count + frames.shape[2]
+        # a tensor, not an int operand: PT2E quantization turns scalar operands into float constants
+        new_count = count + torch.full_like(count, frames.shape[2])
         new["head_pool_buffer"] = head_sum
         new["frame_count"] = new_count
         pooled = head_sum / new_count.to(head_sum.dtype).reshape(1, 1, 1, 1, 1)
@@ -772,7 +773,7 @@ class FusedStreamMovinet(_StreamStateApi):
         p = x.shape[1]
         frame = x.mean((2, 3)).view(b, t, p)
         head_sum = state["head_pool_buffer"].view(b, p) + (frame.view(b, p) if t == 1 else frame.sum(1))
-        new_count = count + t
+        new_count = count + torch.full_like(count, t)  # (see MoViNet.stream_step: int8 export)
         new["head_pool_buffer"] = head_sum.view(b, p, 1, 1, 1)
         new["frame_count"] = new_count
         pooled = head_sum / new_count.to(head_sum.dtype).reshape(1, 1)
