@@ -654,7 +654,7 @@ class FusedMovinetLayer(nn.Module):
         ``step`` holds what every layer of this step shares: ``counts`` ``[1, T, 1]`` (frames seen after each
         new frame), ``count`` (the state's frame count) and a cache of positional encodings by width."""
         n, e = y.shape[:2]
-        frame = y.mean((2, 3)).view(b, t, e)
+        frame = y.mean((2, 3), keepdim=True).view(b, t, e)  # keepdim: the form XNNPACK delegates
         sums = pool_sum.view(b, 1, e) + (frame if t == 1 else frame.cumsum(1))
         s = torch.cat([sums / step["counts"], frame], 2)  # [B, T, 2E]
         if self.pos_scale is not None:
@@ -771,7 +771,7 @@ class FusedStreamMovinet(_StreamStateApi):
             new.update({prefix + k: v for k, v in out.items()})
         x = F.hardswish(F.conv2d(x, self.head_weight, self.head_bias), inplace=True)
         p = x.shape[1]
-        frame = x.mean((2, 3)).view(b, t, p)
+        frame = x.mean((2, 3), keepdim=True).view(b, t, p)
         head_sum = state["head_pool_buffer"].view(b, p) + (frame.view(b, p) if t == 1 else frame.sum(1))
         new_count = count + torch.full_like(count, t)  # (see MoViNet.stream_step: int8 export)
         new["head_pool_buffer"] = head_sum.view(b, p, 1, 1, 1)

@@ -98,9 +98,10 @@ def avg_pool2d_same(x: torch.Tensor) -> torch.Tensor:
     padding in the count, and (0, 1) on an even size, which is ``ceil_mode`` without padding (the last window is
     clipped to the input and divided by its real size)."""
     odd_h, odd_w = x.shape[2] % 2, x.shape[3] % 2
-    if odd_h == odd_w:
+    if odd_h == odd_w and not torch.compiler.is_exporting():
         return F.avg_pool2d(x, 3, 2, padding=odd_h, ceil_mode=not odd_h, count_include_pad=False)
-    pads = []  # mixed parity: pad the odd axis explicitly (zeros), then correct its count like avg_pool_same
+    pads = []  # mixed parity, or a graph being exported (XNNPACK takes plain pooling, not ceil_mode): pad explicitly
+    # (zeros), then correct the count like avg_pool_same: pad the odd axis explicitly (zeros), then correct its count like avg_pool_same
     for n in (x.shape[3], x.shape[2]):
         pads += list(same_pads(n, 3, 2))
     total = F.avg_pool2d(pad2d(x, tuple(pads)), 3, 2)
