@@ -94,6 +94,50 @@ def test_a_pte_not_matching_its_metadata_is_refused_in_one_line(resnet_pte, tmp_
         load_executorch(path, kind="movinet_stream_step")
 
 
+class _PadPool(torch.nn.Module):
+    """conv -> explicit zero padding -> pooling -> conv: MoViNet's TF-'same' pooling as it is exported."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.avg_pool2d(torch.nn.functional.pad(self.a(x), (0, 1, 0, 1)), 3, 2))
+
+
+def test_int8_zero_padding_shares_its_input_quantization_so_the_program_loads(tmp_path):
+    # observed on its own, an int8 pad gets another scale than its input and XNNPACK refuses to build the program
+    # ("Failed to create StaticConstantPad node"): the MoViNet-A0 int8 stream step did not load
+    from leancnn.export import model_graph
+    from leancnn.export.pte import quantize_int8
+
+    torch.manual_seed(0)
+    net = _PadPool().eval()
+    calibration = [torch.randn(2, 3, 16, 16) for _ in range(4)]
+    converted, _, _ = quantize_int8(model_graph(net, (1, 3, 16, 16)), calibration)
+    pads = [n for n in converted.graph.nodes if str(n.target) == "aten.pad.default"]
+    assert pads
+    for pad in pads:  # int8 in, int8 out, with the same quantization parameters
+        dq_in, q_out = pad.args[0], next(iter(pad.users))
+        assert "dequantize" in str(dq_in.target) and "quantize_per_tensor" in str(q_out.target)
+        assert "dequantize" not in str(q_out.target)
+        assert tuple(dq_in.args[1:3]) == tuple(q_out.args[1:3])
+    path = to_executorch(net, tmp_path / "pad.pte", (1, 3, 16, 16), quantize="int8", calibration=calibration)
+    x = torch.randn(1, 3, 16, 16)
+    out = load_executorch(path)(x)[0]
+    with torch.no_grad():
+        ref = net(x)
+    assert out.shape == ref.shape and _rel(out, ref) < 0.1
+
+
+def test_a_program_the_runtime_cannot_initialise_is_refused_with_its_reason():
+    from leancnn.export.pte import check_loads
+
+    with pytest.raises(LeancnnError, match="could not be loaded by the ExecuTorch runtime") as e:
+        check_loads(b"not an executorch program" * 10, "junk")
+    assert "\n" not in str(e.value)
+
+
 def test_stream_step_matches_pytorch_over_16_frames_in_steps_of_1(tmp_path):
     torch.manual_seed(0)
     model = create_model("movinet_a0_stream", num_classes=10).eval()
@@ -254,6 +298,19 @@ def test_latency_run_times_executorch_fp32_int8_and_a_pte_file(resnet_pte, tmp_p
     assert versions["executorch"]
     models = json.loads((out / "models.json").read_text())
     assert models["r20"]["source"] == "pte" and models["r20"]["input"] == [3, 32, 32]
+    from leancnn.latency import measure
+
+    spec = runner.resolve_models(cfg)[0]  # the cache is keyed by leancnn's code too: a change of the code (another
+    cached = measure.cached_pte(spec, 1, None)  # graph form of the same weights) exports again, never reuses
+    assert measure.cached_pte(spec, 1, None) == cached
+    measure.code_digest.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(measure, "code_digest", lambda: "another version")
+            again = measure.cached_pte(spec, 1, None)
+        assert again != cached and again.is_file() and cached.is_file()
+    finally:
+        measure.code_digest.cache_clear()
     bad = tmp_path / "bad.pte"  # a .pte whose metadata does not match: refused before anything is measured
     bad.write_bytes(path.read_bytes()[:100])
     shutil.copyfile(metadata_path(path), metadata_path(bad))

@@ -117,6 +117,36 @@ def _check_shapes(graph: Graph, example: tuple) -> None:
                              f"{tuple(want.shape)}")
 
 
+_PAD_OPS = ("aten.pad.default", "aten.constant_pad_nd.default")
+
+
+def _PadSharingQuantizer():
+    """The XNNPACK quantizer, with zero padding sharing its input's quantization (as it does for pooling and
+    reshapes). XNNPACK runs an int8 constant pad only with the same scale and zero point on both sides: observed
+    separately, the pad's output gets its own, and the program fails to load ("Failed to create StaticConstantPad
+    node ... xnn_status_invalid_parameter"). Zero is exact in the shared asymmetric int8, so the padding is the
+    same numbers."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    class PadSharingQuantizer(XNNPACKQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:  # in graph order, so a pad after a pad shares the first one's
+                if node.op != "call_function" or str(node.target) not in _PAD_OPS:
+                    continue
+                prev = node.args[0]
+                ann = prev.meta.get("quantization_annotation") if isinstance(prev, torch.fx.Node) else None
+                if ann is None or ann.output_qspec is None:
+                    continue  # a pad of something left in fp32 (a constant) stays fp32
+                shared = SharedQuantizationSpec(prev)
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={prev: shared}, output_qspec=shared, _annotated=True)
+            return model
+
+    return PadSharingQuantizer()
+
+
 def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True) -> tuple[nn.Module, int, int]:
     """``graph.module`` quantized to int8 for XNNPACK (weights per channel, activations per tensor, static), by
     torch's PT2E flow: export, ``prepare_pt2e`` with the XNNPACK quantizer, run the calibration inputs
@@ -129,14 +159,13 @@ def quantize_int8(graph: Graph, calibration: Iterable, per_channel: bool = True)
             m.crop = False
     with _quiet():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
             get_symmetric_quantization_config,
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         with torch.no_grad():  # else a forward that disables grad itself (the stream step) is captured as one
             captured = torch.export.export(graph.module, graph.args, strict=False).module()  # opaque submodule
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+        quantizer = _PadSharingQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
         prepared = prepare_pt2e(captured, quantizer)
         steps, gen = 0, _batches(graph, calibration)
         with torch.no_grad():
@@ -273,6 +302,7 @@ def to_executorch(model: nn.Module, path: str | os.PathLike, input_shape: Sequen
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             program.write_to_file(f)
+        check_loads(tmp, what)  # a program the runtime cannot initialise is never written
         meta["bytes"], meta["sha256"] = tmp.stat().st_size, _sha256(tmp)
         atomic_write_text(metadata_path(path), json.dumps(meta, indent=2) + "\n")
     return path
@@ -308,23 +338,54 @@ def read_metadata(path: str | os.PathLike, check: bool = True) -> dict:
 @contextlib.contextmanager
 def _native_stderr_quiet():
     """ExecuTorch's runtime prints cpuinfo and thread-pool notes on the process's stderr (fd 2) from C++; they say
-    nothing a user can act on. Python's own errors still surface as exceptions."""
+    nothing a user can act on, unless loading fails. Python's own errors still surface as exceptions. Yields a
+    list that holds, on leaving, the lines printed meanwhile (so a failure can name XNNPACK's reason)."""
     import sys
+    import tempfile
 
+    lines: list[str] = []
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stderr without a descriptor: nothing to hide
-        yield
+        yield lines
         return
     sys.stderr.flush()
     saved = os.dup(fd)
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), fd)
-        yield
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), fd)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, fd)
+                sink.seek(0)
+                lines += sink.read(1 << 16).decode("utf-8", "replace").splitlines()
     finally:
-        os.dup2(saved, fd)
         os.close(saved)
+
+
+def _native_reason(lines: list[str]) -> str:
+    """The first line of the runtime's own log that says why (XNNPACK's ``Failed to create ... node``), if any."""
+    for line in lines:
+        if "Failed" in line or "failed" in line or "error" in line.lower():
+            return " (" + line.strip()[:200] + ")"
+    return ""
+
+
+def check_loads(data: bytes | str | os.PathLike, what: str) -> None:
+    """Load the program ``data`` (a file; or its bytes, which must outlive every use of the runtime) in ExecuTorch's runtime and initialise its method (the
+    delegate compiles its graph here): :class:`LeancnnError` with the runtime's reason when that fails."""
+    from executorch.runtime import Runtime
+
+    try:
+        with _quiet(), _native_stderr_quiet() as log:
+            program = Runtime.get().load_program(data)
+            method = program.load_method(METHOD)
+            del method, program  # the method before the program it points into
+    except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with long texts
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise LeancnnError(f"{what} could not be loaded by the ExecuTorch runtime: {first}{_native_reason(log)}"
+                           ) from None
 
 
 def set_threads(threads: int) -> None:
@@ -355,12 +416,13 @@ class ExecutorchProgram:
         if threads is not None:
             set_threads(threads)
         try:
-            with _quiet(), _native_stderr_quiet():
+            with _quiet(), _native_stderr_quiet() as log:
                 program = Runtime.get().load_program(path)
                 self._method = program.load_method(meta.get("method", METHOD))
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with long texts
             raise LeancnnError(f"'{path}' could not be loaded by the ExecuTorch runtime: "
-                               f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+                               f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+                               f"{_native_reason(log)}") from None
         if self._method is None:
             raise LeancnnError(f"'{path}' has no method '{meta.get('method', METHOD)}'")
         self.path = path

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gc
 import hashlib
 import io
@@ -138,13 +139,25 @@ class Skip(Exception):
     """This model cannot run in this condition (the reason is recorded, the rest of the condition goes on)."""
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of leancnn's own source: an export cached by an older version of the code (another graph form of
+    the same weights, a fixed quantizer) is made again, not reused."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_export(spec: ModelSpec, batch: int) -> Path:
     """The model's ONNX export at this batch, made once and cached under ``$LEANCNN_CACHE/latency/onnx`` (keyed
-    by the weights, the input shape, the batch and torch's version)."""
+    by the weights, the input shape, the batch, torch's version and leancnn's code)."""
     from ..export import export_model, export_stream_step
 
     key = hashlib.sha256(json.dumps([spec.name, spec.kind, list(spec.input), batch, state_digest(spec.module.state_dict()),
-                                     torch.__version__]).encode()).hexdigest()[:16]
+                                     torch.__version__, code_digest()]).encode()).hexdigest()[:16]
     path = cache_dir() / "latency" / "onnx" / f"{spec.name}-b{batch}-{key}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +184,7 @@ def cached_pte(spec: ModelSpec, batch: int, quantize: str | None) -> Path:
 
     key = hashlib.sha256(json.dumps([spec.name, spec.kind, list(spec.input), batch, quantize,
                                      state_digest(spec.module.state_dict()), torch.__version__,
-                                     version("executorch")]).encode()).hexdigest()[:16]
+                                     version("executorch"), code_digest()]).encode()).hexdigest()[:16]
     path = cache_dir() / "latency" / "pte" / f"{spec.name}-b{batch}-{quantize or 'fp32'}-{key}.pte"
     if not path.is_file():
         shape = (batch, *spec.input)

@@ -101,7 +101,7 @@ def avg_pool2d_same(x: torch.Tensor) -> torch.Tensor:
     if odd_h == odd_w and not torch.compiler.is_exporting():
         return F.avg_pool2d(x, 3, 2, padding=odd_h, ceil_mode=not odd_h, count_include_pad=False)
     pads = []  # mixed parity, or a graph being exported (XNNPACK takes plain pooling, not ceil_mode): pad explicitly
-    # (zeros), then correct the count like avg_pool_same: pad the odd axis explicitly (zeros), then correct its count like avg_pool_same
+    # (zeros), then divide by the share of each window that is real input, like avg_pool_same
     for n in (x.shape[3], x.shape[2]):
         pads += list(same_pads(n, 3, 2))
     total = F.avg_pool2d(pad2d(x, tuple(pads)), 3, 2)
