@@ -1,7 +1,8 @@
 """On-device deployment (issue 24): ExecuTorch fp32 and int8 against PyTorch and onnxruntime -> docs/results.md
 (accuracy) and docs/benchmarks.md (latency).
 
-    python benchmarks/deploy_int8.py [--part accuracy speed] [--seeds 0 1 2] [--video-seeds 0 1 2]
+    python benchmarks/deploy_int8.py [--part accuracy speed] [--seeds 0 1 2] [--video-seeds 0 1 2] [--models ...]
+                                     [--rounds 3] [--samples 1000] [--fresh]
 
 **accuracy**: per seed, each classifier of the issue's targets (MobileNetV3-Small, SkipNet-S, ResNet-20,
 MobileNetV3-Large) trained on the four digit domains (cross-entropy, SGD, ``--epochs`` epochs; 32x32, the digits'
@@ -14,7 +15,8 @@ equals PyTorch to ~1e-6, checked in the same export). Every run and export is ca
 **speed**: ``leancnn latency run`` on the issue's shapes (the classifiers at 32x32, MobileNetV3-Large at 224x224,
 the A0 stream step at 172x172, one frame per step), batch 1, one thread, idle and with one co-running CPU hog, the
 backends PyTorch eager, onnxruntime, ExecuTorch fp32 and ExecuTorch int8 measured in the same
-run (each backend a condition, one after another, the models interleaved within it); ratios of medians and p99.
+run (each backend a condition, one after another, the models interleaved within it), the whole grid ``--rounds``
+times; ratios of medians and p99, each round's, given as the median over rounds and their range.
 
 Run it on an otherwise idle machine.
 """
@@ -106,9 +108,12 @@ def _previous_rows() -> dict[str, list[str]]:
         return {}
     split = lambda ln: [c.strip() for c in ln.strip().strip("|").split(" | ")]  # noqa: E731
     head = split(lines[0])
+    machine = re.search(r"Machine: ([^,\n]+)", m.group(1))
     rows = {}
     for ln in lines[2:]:
         cells = dict(zip(head, split(ln)))
+        if "measured" not in cells and machine:  # a table from before the column: its section's machine
+            cells["measured"] = f"earlier, on {machine.group(1).strip()}"
         rows[cells["model"]] = [cells.get(h, "—") for h in HEADERS]
     return rows
 
@@ -116,7 +121,9 @@ def _previous_rows() -> dict[str, list[str]]:
 def accuracy(args, out: Path) -> None:
     import datetime
 
-    rows, today = {}, datetime.date.today().isoformat()
+    from _common import machine
+
+    rows, today = {}, f"{datetime.date.today().isoformat()}, on {machine().split(',')[0]}"
     names = [n for n in [*CLASSIFIERS, VIDEO] if n in args.models]
     jobs = [(name, seed) for seed in args.seeds for name in names if name != VIDEO]
     jobs += [(VIDEO, s) for s in args.video_seeds if VIDEO in names]
@@ -157,8 +164,8 @@ def accuracy(args, out: Path) -> None:
               "sanity check, not an accuracy. The fp32 programs match PyTorch to 1e-4 relative "
               "(tests/test_executorch.py), so their accuracy is PyTorch's."
             + (f" Rows kept from an earlier run of this benchmark (not named by `--models` this time): "
-               f"{', '.join(kept)}; their *measured* date says when (\"—\": the table then had no such column, "
-               "and their raw output diffs were 0.011–0.330 over all its rows)." if kept else ""))
+               f"{', '.join(kept)}; *measured* says when and on which CPU (\"—\" raw diffs: the table then had no such "
+               "column; they were 0.011–0.330 over all its rows)." if kept else ""))
     print(body)
     if not args.no_docs:
         write_section("results.md", "deploy-int8", "int8 on the device: accuracy", body,
@@ -173,43 +180,71 @@ def speed(args, out: Path) -> None:
         "grid": {"loads": [{"workers": 0}, {"workers": 1}], "threads": [1], "backends": BACKENDS},
         "protocol": {"warmup": 10, "samples": args.samples, "block": 10, "condition_seconds": 240},
         "analysis": {"quantiles": [0.5, 0.99]}})
-    run = out / "latency"
-    resume = (run / "run.json").is_file() and not args.fresh
-    latency_task.run(cfg, run, resume=resume, force=args.fresh or not resume, report=False)
-    lreport.write_report(run, quantiles=(0.5, 0.99))
-    data = lreport.load_run(run)
-    med = {}
-    for c in data.done:
-        for m in data.models:
-            lat = data.samples["latency_s"][(data.samples["condition"] == c["id"]) & (data.samples["model"] == m)]
-            if len(lat):
-                lat = sorted(lat.tolist())
-                med[(c["load"]["workers"], c["backend"], m)] = (statistics.median(lat),
-                                                                lat[min(len(lat) - 1, int(0.99 * len(lat)))])
+    # the backends are conditions run one after another: a drift of the shared machine between them would pass for
+    # a difference of backends, so the whole grid is run --rounds times and every ratio is given per round
+    rounds, skipped, models = [], {}, []
+    for i in range(args.rounds):
+        run = out / "latency" / f"round{i}"
+        resume = (run / "run.json").is_file() and not args.fresh
+        print(f"round {i + 1}/{args.rounds}", flush=True)
+        latency_task.run(cfg, run, resume=resume, force=args.fresh or not resume, report=False)
+        lreport.write_report(run, quantiles=(0.5, 0.99))
+        data = lreport.load_run(run)
+        models = models or list(data.models)
+        med = {}
+        for c in data.done:
+            for m in data.models:
+                lat = data.samples["latency_s"][(data.samples["condition"] == c["id"]) & (data.samples["model"] == m)]
+                if len(lat):
+                    lat = sorted(lat.tolist())
+                    med[(c["load"]["workers"], c["backend"], m)] = (statistics.median(lat),
+                                                                    lat[min(len(lat) - 1, int(0.99 * len(lat)))])
+            for m, why in (c.get("skipped_models") or {}).items():  # a row says why, it is never dropped
+                skipped.setdefault((c["backend"], m), why)
+        rounds.append(med)
+
+    def spread(values: list[float], unit: str) -> str:
+        if not values:
+            return "—"
+        mid = statistics.median(values)
+        return (f"{mid:.2f}{unit}" if len(values) == 1 else
+                f"{mid:.2f}{unit} ({min(values):.2f}–{max(values):.2f})")
+
     rows = []
-    for m in data.models:
+    for m in models:
         for load in (0, 1):
-            cell = {b: med.get((load, b, m)) for b in BACKENDS}
-            if not all(cell.values()):
+            cells = [{b: r.get((load, b, m)) for b in BACKENDS} for r in rounds]
+            if not any(any(c.values()) for c in cells):
                 continue
-            et, q8, ort = cell["executorch"][0], cell["executorch_int8"][0], cell["onnxruntime"][0]
-            rows.append([m, "idle" if load == 0 else "1 hog", *(f"{1e3 * cell[b][0]:.2f}" for b in BACKENDS),
-                         f"{et / q8:.2f}×", f"{ort / et:.2f}×",
-                         f"{cell['executorch'][1] / cell['executorch_int8'][1]:.2f}×"])
-    body = ("Batch 1, one thread, one `leancnn latency run`: each backend a condition of the same run (idle and with "
-            "one co-running stress-ng CPU hog), one after another, the five models interleaved within each condition "
-            f"(randomised blocks of 10, {args.samples} timed inferences per model after 10 warm-up). Median ms; *int8 speed-up* = ExecuTorch fp32 / ExecuTorch int8 (target ≥ 1.5×), "
+            ratios = {}
+            for name, (num, den, q) in {"int8": ("executorch", "executorch_int8", 0),
+                                        "ort": ("onnxruntime", "executorch", 0),
+                                        "int8_p99": ("executorch", "executorch_int8", 1)}.items():
+                ratios[name] = [c[num][q] / c[den][q] for c in cells if c[num] and c[den]]
+            rows.append([m, "idle" if load == 0 else "1 hog",
+                         *(spread([1e3 * c[b][0] for c in cells if c[b]], "") if any(c[b] for c in cells)
+                           else "not timed" for b in BACKENDS),
+                         spread(ratios["int8"], "×"), spread(ratios["ort"], "×"), spread(ratios["int8_p99"], "×")])
+    missing = [f"{m} on {b}: {why}" for (b, m), why in sorted(skipped.items())]
+    run = out / "latency" / "round0"
+    body = (f"Batch 1, one thread, {args.rounds} rounds of one `leancnn latency run` each: each backend a condition "
+            "of the run (idle and with one co-running stress-ng CPU hog), one after another, the five models "
+            f"interleaved within each condition (randomised blocks of 10, {args.samples} timed inferences per model "
+            "after 10 warm-up). Cells: the median over rounds of each round's median ms (or ratio), with the range "
+            "over rounds in brackets (the backends are timed minutes apart: the range shows how much of a ratio the "
+            "shared machine's drift can be). Median ms; *int8 speed-up* = ExecuTorch fp32 / ExecuTorch int8 (target ≥ 1.5×), "
             "*ET vs ORT* = onnxruntime / ExecuTorch fp32 (≥ 1: ExecuTorch no slower; the A0 target).\n\n"
             + report.format_table(rows, ["model", "load", "eager", "onnxruntime", "ExecuTorch fp32", "ExecuTorch int8",
                                          "int8 speed-up (median)", "ET vs ORT (median)", "int8 speed-up (p99)"],
                                   markdown=True)
-            + f"\n\nThe full report (CDFs, every pairwise test with its CI): `{run}/report.md`. The int8 programs here "
+            + (f"\n\nNot timed (the run's reason): {'; '.join(missing)}." if missing else "")
+            + f"\n\nThe full report of each round (CDFs, every pairwise test with its CI): `{run}/report.md` and its siblings. The int8 programs here "
               "are calibrated on random inputs (the latency tool's int8 backend): their timing holds, their accuracy "
               "is measured on trained runs in docs/results.md (*int8 on the device: accuracy*).")
     print(body)
     if not args.no_docs:
         write_section("benchmarks.md", "deploy-speed", "On-device backends: ExecuTorch fp32 and int8", body,
-                      note=" (about 10 min)")
+                      note=" (about 20 min, the exports made once and cached)")
 
 
 def main() -> None:
@@ -221,7 +256,8 @@ def main() -> None:
                     metavar="MODEL", help="the accuracy rows to measure (the others are kept from the section)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--video-epochs", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3, help="the speed grid run this many times (ratios per round)")
     ap.add_argument("--fresh", action="store_true", help="measure the speed part again")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
