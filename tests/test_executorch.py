@@ -61,6 +61,28 @@ def test_pruned_classifier_fp32_matches_pytorch_and_describes_itself(resnet_pte)
         program(torch.randn(1, 3, 28, 28))
 
 
+def test_a_program_loaded_before_the_thread_pool_changed_refuses_to_run(resnet_pte):
+    # replacing ExecuTorch's pool leaves earlier programs pointing at the freed one: running them crashed the process
+    from leancnn.export.pte import pool_generation, set_threads
+
+    _, path = resnet_pte
+    x = torch.randn(1, 3, 32, 32)
+    set_threads(1)
+    old = load_executorch(path, threads=1)
+    before = old(x)[0]
+    start = pool_generation()
+    set_threads(2)
+    assert pool_generation() == start + 1
+    for call in (lambda: old(x), lambda: old.run(x)):
+        with pytest.raises(LeancnnError, match="load it again") as e:
+            call()
+        assert "\n" not in str(e.value)
+    set_threads(2)  # the same size: the pool is kept, so are the programs
+    assert pool_generation() == start + 1
+    new = load_executorch(path, threads=1)  # loads after setting its threads
+    assert _rel(new(x)[0], before) <= 1e-6 and pool_generation() == start + 2
+
+
 def test_a_pte_not_matching_its_metadata_is_refused_in_one_line(resnet_pte, tmp_path):
     _, path = resnet_pte
     other = to_executorch(create_model("digits_cnn").eval(), tmp_path / "other.pte", (1, 3, 32, 32))

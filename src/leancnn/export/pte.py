@@ -388,8 +388,13 @@ def check_loads(data: bytes | str | os.PathLike, what: str) -> None:
                            ) from None
 
 
+_POOL = {"generation": 0}  # bumped whenever the thread pool is replaced
+
+
 def set_threads(threads: int) -> None:
-    """The size of ExecuTorch's process-wide thread pool (XNNPACK's threads)."""
+    """The size of ExecuTorch's process-wide thread pool (XNNPACK's threads). Changing it replaces the pool, and a
+    program loaded before points at the old one (running it crashes the process): such a program refuses to run
+    afterwards (:class:`LeancnnError`, load it again)."""
     from executorch.extension.pybindings import portable_lib
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -397,6 +402,12 @@ def set_threads(threads: int) -> None:
     with _native_stderr_quiet():
         if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(threads)
+            _POOL["generation"] += 1
+
+
+def pool_generation() -> int:
+    """How many times :func:`set_threads` has replaced the thread pool in this process."""
+    return _POOL["generation"]
 
 
 class ExecutorchProgram:
@@ -425,6 +436,7 @@ class ExecutorchProgram:
                                f"{_native_reason(log)}") from None
         if self._method is None:
             raise LeancnnError(f"'{path}' has no method '{meta.get('method', METHOD)}'")
+        self._generation = _POOL["generation"]
         self.path = path
         self.inputs = [i["name"] for i in meta["inputs"]]
         self.outputs = [o["name"] for o in meta["outputs"]]
@@ -445,10 +457,18 @@ class ExecutorchProgram:
             if tuple(x.shape) != shape:
                 raise ValueError(f"input '{name}' has shape {tuple(x.shape)}, this program takes {shape}")
             args.append(x.to(dtype).contiguous())
+        self._check_pool()
         return self._method.execute(args)
+
+    def _check_pool(self) -> None:
+        if self._generation != _POOL["generation"]:
+            raise LeancnnError(f"'{self.path}' was loaded before set_threads() replaced ExecuTorch's thread pool: "
+                               "load it again (running it would use the freed pool)")
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """The outputs, without the checks and conversions of a call (inputs of the right shape and dtype)."""
+        if self._generation != _POOL["generation"]:
+            self._check_pool()
         return self._method.execute(list(inputs))
 
     # ---- stream step

@@ -206,15 +206,20 @@ def _executorch_callable(spec: ModelSpec, cond: Condition, cache: dict) -> Calla
     quantize, batch = EXECUTORCH_BACKENDS[cond.backend], cond.batch
     if spec.source == "pte" and spec.onnx_batch != batch:
         raise Skip(f"the .pte file's batch is fixed at {spec.onnx_batch}")
+    from ..export.pte import pool_generation
+
     try:
         path = spec.onnx_path if spec.source == "pte" else cache.setdefault(("pte", spec.label, batch, quantize),
                                                                             cached_pte(spec, batch, quantize))
-        key = ("et", spec.label, batch, quantize)
-        if key not in cache:
-            cache[key] = load_executorch(path, threads=None)
     except Exception as e:  # noqa: BLE001 - an export failure skips the model, with the reason
         raise Skip(f"ExecuTorch export failed: {str(e).splitlines()[0][:200]}") from None
-    set_threads(cond.threads)  # ExecuTorch's thread pool (XNNPACK), process-wide
+    set_threads(cond.threads)  # ExecuTorch's thread pool (XNNPACK), process-wide: set before loading, since a
+    key = ("et", spec.label, batch, quantize, pool_generation())  # program loaded before a change keeps the old pool
+    if key not in cache:
+        try:
+            cache[key] = load_executorch(path, threads=None)
+        except Exception as e:  # noqa: BLE001 - a program the runtime cannot load skips the model, with the reason
+            raise Skip(f"ExecuTorch could not load it: {str(e).splitlines()[0][:200]}") from None
     program = cache[key]
     x = torch.randn((batch, *spec.input), generator=torch.Generator().manual_seed(0))
     if spec.kind == "stream_step":

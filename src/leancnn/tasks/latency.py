@@ -119,7 +119,9 @@ def resolve_model(m: LatencyModelConfig, index: int, device: torch.device) -> Mo
     if m.name is not None:
         try:
             entry = get_model_entry(m.name)
-            module = create_model(m.name, num_classes=m.num_classes)
+            with torch.random.fork_rng():  # the same weights in every process: the exports cached by weights are
+                torch.manual_seed(0)  # reused by the next run, and the int8 calibration sees the same network
+                module = create_model(m.name, num_classes=m.num_classes)
         except LeancnnError as e:
             raise LeancnnError(f"{where}: {e}") from None
         source, name, default = "registry", m.name, tuple(entry.input_size)
