@@ -372,20 +372,24 @@ def _native_reason(lines: list[str]) -> str:
     return ""
 
 
-def check_loads(data: bytes | str | os.PathLike, what: str) -> None:
-    """Load the program ``data`` (a file; or its bytes, which must outlive every use of the runtime) in ExecuTorch's runtime and initialise its method (the
-    delegate compiles its graph here): :class:`LeancnnError` with the runtime's reason when that fails."""
+def _load_method(data: bytes | str | os.PathLike, method: str, what: str):
+    """``data`` (a ``.pte`` file, or its bytes) loaded in ExecuTorch's runtime and its ``method`` initialised (the
+    delegate builds its graph here); :class:`LeancnnError` naming ``what`` and the runtime's own reason otherwise."""
     from executorch.runtime import Runtime
 
     try:
         with _quiet(), _native_stderr_quiet() as log:
-            program = Runtime.get().load_program(data)
-            method = program.load_method(METHOD)
-            del method, program  # the method before the program it points into
+            return Runtime.get().load_program(data).load_method(method)
     except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with long texts
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise LeancnnError(f"{what} could not be loaded by the ExecuTorch runtime: {first}{_native_reason(log)}"
                            ) from None
+
+
+def check_loads(data: bytes | str | os.PathLike, what: str) -> None:
+    """:class:`LeancnnError` unless the runtime can load ``data`` and initialise its method (see
+    :func:`_load_method`)."""
+    _load_method(data, METHOD, what)
 
 
 _POOL = {"generation": 0}  # bumped whenever the thread pool is replaced
@@ -418,7 +422,6 @@ class ExecutorchProgram:
     ``keys`` (the state keys), ``init_state()``, ``step(frames, state=None) -> (logits, new_state)``."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = 1, kind: str | None = None):
-        from executorch.runtime import Runtime
 
         path = Path(path)
         self.metadata = meta = read_metadata(path)
@@ -426,14 +429,7 @@ class ExecutorchProgram:
             raise LeancnnError(f"'{path}' holds a {meta.get('kind')} ({meta.get('model')}), not a {kind}")
         if threads is not None:
             set_threads(threads)
-        try:
-            with _quiet(), _native_stderr_quiet() as log:
-                program = Runtime.get().load_program(path)
-                self._method = program.load_method(meta.get("method", METHOD))
-        except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with long texts
-            raise LeancnnError(f"'{path}' could not be loaded by the ExecuTorch runtime: "
-                               f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
-                               f"{_native_reason(log)}") from None
+        self._method = _load_method(path, meta.get("method", METHOD), f"'{path}'")
         if self._method is None:
             raise LeancnnError(f"'{path}' has no method '{meta.get('method', METHOD)}'")
         self._generation = _POOL["generation"]
@@ -457,18 +453,13 @@ class ExecutorchProgram:
             if tuple(x.shape) != shape:
                 raise ValueError(f"input '{name}' has shape {tuple(x.shape)}, this program takes {shape}")
             args.append(x.to(dtype).contiguous())
-        self._check_pool()
-        return self._method.execute(args)
-
-    def _check_pool(self) -> None:
-        if self._generation != _POOL["generation"]:
-            raise LeancnnError(f"'{self.path}' was loaded before set_threads() replaced ExecuTorch's thread pool: "
-                               "load it again (running it would use the freed pool)")
+        return self.run(*args)
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """The outputs, without the checks and conversions of a call (inputs of the right shape and dtype)."""
-        if self._generation != _POOL["generation"]:
-            self._check_pool()
+        if self._generation != _POOL["generation"]:  # running it would use the freed pool and crash the process
+            raise LeancnnError(f"'{self.path}' was loaded before set_threads() replaced ExecuTorch's thread pool: "
+                               "load it again")
         return self._method.execute(list(inputs))
 
     # ---- stream step
